@@ -1,0 +1,262 @@
+"""Wiring only: build the parts from config and connect them for `replay` and `run`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, TypeVar
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from detector.config import Config, load_config, restart_needed
+from detector.errors import ConfigError, StaleProgress, StoreError
+from detector.metrics import Metrics, serve
+from detector.pipeline import Pipeline, Stats
+from detector.sinks.base import AlertSink, DeadLetterSink
+from detector.sinks.jsonl import (
+    JsonlAlertSink,
+    JsonlDeadLetterSink,
+    NullDeadLetterSink,
+    StdoutAlertSink,
+)
+from detector.sources.file import FileSource
+from detector.state.base import Store
+from detector.state.keys import Keys
+from detector.state.memory import MemoryStore
+from detector.state.redis import RedisStore, connect
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+def keys_for(cfg: Config) -> Keys:
+    w = cfg.windows
+    return Keys(cfg.redis.key_prefix, w.bucket_s, w.long_s // w.bucket_s)
+
+
+def make_store(cfg: Config, backend: str, metrics: Metrics | None = None) -> Store:
+    keys = keys_for(cfg)
+    if backend == "memory":
+        return MemoryStore(keys, cfg.retention_s)
+    observe = metrics.store_observer if metrics is not None else None
+    return RedisStore(connect(cfg.redis), keys, cfg.retention_s, observe=observe)
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def replay(
+    cfg: Config,
+    events: str,
+    *,
+    alerts_out: str | None,
+    dead_letters_out: str | None = None,
+    backend: str = "memory",
+    echo: IO[str] | None = None,
+    metrics: Metrics | None = None,
+    extra_sinks: Sequence[AlertSink] = (),
+) -> Stats:
+    """CONTRACT.md §5: the same pipeline as `run`, clocked by event time, from a file."""
+    metrics = metrics or Metrics(CollectorRegistry(), cfg.metrics.max_firing_labels)
+    store = make_store(cfg, backend, metrics)
+    sinks: list[AlertSink] = list(extra_sinks)
+    if alerts_out is not None:
+        sinks.append(JsonlAlertSink(alerts_out))
+    if echo is not None:
+        sinks.append(StdoutAlertSink(echo))
+    dlq: DeadLetterSink = (
+        JsonlDeadLetterSink(dead_letters_out) if dead_letters_out else NullDeadLetterSink()
+    )
+    source = FileSource(events)
+    pipe = Pipeline(
+        cfg, store, sinks, dlq, metrics, source=source.name, owner=owner_id(), live=False
+    )
+    pipe.assign([0])
+    try:
+        for batch in source.batches():
+            pipe.process(batch)
+    finally:
+        pipe.close()
+        for s in sinks:
+            s.close()
+        dlq.close()
+        store.close()
+    return pipe.stats
+
+
+class _Reloader:
+    """Hot reload on SIGHUP or when the file changes; restart-only keys are refused."""
+
+    def __init__(self, path: str | None, cfg: Config, metrics: Metrics) -> None:
+        self.path = path
+        self.cfg = cfg
+        self._metrics = metrics
+        self._mtime = self._stat()
+        self._hup = False
+        self._next_check = 0.0
+        metrics.set_config(cfg.config_hash())
+
+    def _stat(self) -> float:
+        try:
+            return Path(self.path).stat().st_mtime if self.path else 0.0
+        except OSError:
+            return 0.0
+
+    def hangup(self) -> None:
+        self._hup = True
+
+    def poll(self) -> Config | None:
+        """The new config when one should be applied now, else None."""
+        if self.path is None:
+            return None
+        now = time.monotonic()
+        if not self._hup and now < self._next_check:
+            return None
+        self._next_check = now + 1.0
+        mtime = self._stat()
+        if not self._hup and mtime == self._mtime:
+            return None
+        self._hup = False
+        self._mtime = mtime
+        m = self._metrics.config_reloads
+        try:
+            new = load_config(self.path)
+        except ConfigError as e:
+            m.labels("rejected").inc()
+            log.error("config reload rejected; the old config stays in force", error=str(e))
+            return None
+        if new == self.cfg:
+            m.labels("unchanged").inc()
+            return None
+        blocked = restart_needed(self.cfg, new)
+        if blocked:
+            m.labels("restart_required").inc()
+            log.error(
+                "config change needs a restart and was not applied; the old config stays",
+                keys=blocked,
+            )
+            return None
+        m.labels("applied").inc()
+        self.cfg = new
+        self._metrics.set_config(new.config_hash())
+        log.info("config reloaded", hash=new.config_hash())
+        return new
+
+
+def run(cfg: Config, cfg_path: str | None) -> int:
+    """`detector run`: consume Kafka, keep state in Redis, alert; exit 0 on SIGTERM/SIGINT."""
+    from detector.sinks.kafka import KafkaAlertSink, KafkaDeadLetterSink
+    from detector.sources.kafka import KafkaSource
+
+    metrics = Metrics(CollectorRegistry(), cfg.metrics.max_firing_labels)
+    server = serve(metrics, cfg.metrics.host, cfg.metrics.port)
+    log.info("metrics served", address=f"{cfg.metrics.host}:{server.server_port}")
+    store = make_store(cfg, cfg.state, metrics)
+    _wait_for_store(store, metrics)
+    sinks: list[AlertSink] = []
+    if cfg.alerts.kafka:
+        sinks.append(KafkaAlertSink(cfg.kafka))
+    if cfg.alerts.jsonl_path:
+        sinks.append(JsonlAlertSink(cfg.alerts.jsonl_path))
+    dlq = KafkaDeadLetterSink(cfg.kafka)
+    owner = owner_id()
+    pipe: Pipeline | None = None
+
+    def stored_offsets() -> dict[int, int]:
+        assert pipe is not None
+        return pipe.reload_progress()
+
+    def assigned(parts: list[int]) -> None:
+        assert pipe is not None
+        pipe.assign(parts)
+
+    def revoked(parts: list[int]) -> None:
+        assert pipe is not None
+        pipe.revoke(parts)
+
+    source = KafkaSource(cfg.kafka, stored_offsets, assigned, revoked)
+    pipe = Pipeline(cfg, store, sinks, dlq, metrics, source=source.name, owner=owner, live=True)
+    reloader = _Reloader(cfg_path, cfg, metrics)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping: finishing the current batch", signal=signal.Signals(signum).name)
+        source.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda *_: reloader.hangup())
+    _retry_store(store, metrics, pipe.restore_firing)
+    _retry_store(store, metrics, pipe.recover)
+    log.info("detector running", topic=cfg.kafka.topics.events, group=cfg.kafka.group_id)
+    try:
+        for batch in source.batches():
+            try:
+                offsets = pipe.process(batch)
+            except StaleProgress as e:
+                log.warning("partitions moved to another writer; resyncing", detail=str(e))
+                source.seek(_retry_store(store, metrics, pipe.reload_progress))
+                continue
+            except StoreError as e:
+                log.error("state store failed; not consuming until it is back", error=str(e))
+                metrics.store_up.set(0)
+                source.seek(_retry_store(store, metrics, pipe.reload_progress))
+                continue
+            metrics.store_up.set(1)
+            source.commit(offsets)
+            for p, lag in source.lag().items():
+                metrics.consumer_lag.labels(cfg.kafka.topics.events, str(p)).set(lag)
+            new = reloader.poll()
+            if new is not None:
+                pipe.reconfigure(new)
+    finally:
+        pipe.close()
+        source.close()
+        for s in sinks:
+            s.close()
+        dlq.close()
+        store.close()
+        server.shutdown()
+    log.info("detector stopped cleanly")
+    return 0
+
+
+def _retry_store(store: Store, metrics: Metrics, fn: Callable[[], T]) -> T:
+    """Call ``fn`` until the store answers, backing off; the detector is unhealthy meanwhile."""
+    delay = 0.2
+    while True:
+        try:
+            out = fn()
+            metrics.store_up.set(1)
+            return out
+        except StaleProgress:
+            raise
+        except StoreError as e:
+            metrics.store_up.set(0)
+            log.error("state store unavailable; retrying", error=str(e), retry_in_s=delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _wait_for_store(store: Store, metrics: Metrics) -> None:
+    _retry_store(store, metrics, store.ping)
+
+
+def print_summary(stats: Stats, out: IO[str] = sys.stderr) -> None:
+    bad = sum(stats.dead_letters.values())
+    out.write(
+        f"records {stats.records}  ok {stats.ok}  dead-lettered {bad}  late {stats.late}  "
+        f"duplicate {stats.duplicate}\n"
+    )
+    for reason, n in sorted(stats.dead_letters.items()):
+        out.write(f"  dead letter {reason}: {n}\n")
+    for (rule, sev, status), n in sorted(stats.alerts.items()):
+        out.write(f"  alerts {rule} {sev} {status}: {n}\n")

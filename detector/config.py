@@ -1,0 +1,407 @@
+"""Configuration: frozen pydantic models, loaded from YAML with ``DETECTOR_*`` env overrides.
+
+Every key has a default, so a file that sets only some keys is valid (CONTRACT.md §6). Unknown keys
+and wrong values are errors that name the key, the value received and what is allowed.
+Env overrides use ``__`` for nesting: ``DETECTOR_REDIS__PASSWORD=...`` sets ``redis.password``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from detector.errors import ConfigError
+
+Severity = Literal["page", "ticket", "info"]
+CampaignKind = Literal["personal", "public"]
+WindowName = Literal["short", "long"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaTopics(_Frozen):
+    events: str = "orders"
+    dead_letters: str = "orders.dlq"
+    alerts: str = "promo-alerts"
+
+
+class KafkaConfig(_Frozen):
+    bootstrap_servers: str = "127.0.0.1:29092"
+    group_id: str = "promo-detector"
+    client_id: str = "promo-detector"
+    topics: KafkaTopics = KafkaTopics()
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    max_poll_records: int = Field(default=2000, ge=1, le=100_000)
+    fetch_max_bytes: int = Field(default=52_428_800, ge=1024)
+    max_partition_fetch_bytes: int = Field(default=4_194_304, ge=1024)
+    poll_timeout_ms: int = Field(default=500, ge=1)
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+
+class RedisConfig(_Frozen):
+    url: str = "redis://127.0.0.1:26379/0"
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    key_prefix: str = "pd:"
+    socket_timeout_s: float = Field(default=5.0, gt=0)
+    # How long `run` keeps retrying an unreachable Redis before it reports itself unhealthy;
+    # it never drops events: it stops consuming until Redis answers again.
+    retry_backoff_max_s: float = Field(default=5.0, gt=0)
+
+
+class EventsConfig(_Frozen):
+    max_message_bytes: int = Field(default=65_536, ge=256)
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    allowed_lateness_s: float = Field(default=120.0, ge=0)
+    # None: the longest window plus the allowed lateness.
+    dedupe_horizon_s: float | None = Field(default=None, gt=0)
+    # A partition with no data for this long does not hold the watermark back (run only).
+    idle_partition_s: float = Field(default=30.0, gt=0)
+    # Wall-clock idleness after which `run` advances the watermark with the wall clock.
+    idle_advance_s: float = Field(default=10.0, gt=0)
+
+
+class WindowsConfig(_Frozen):
+    bucket_s: int = Field(default=60, ge=1, le=3600)
+    short_s: int = Field(default=600, ge=1)
+    long_s: int = Field(default=3600, ge=1)
+    # Distinct counts are exact up to this many members per key and window; beyond, they are a
+    # lower bound that is already past every threshold (validated below).
+    distinct_exact_cap: int = Field(default=500, ge=10, le=100_000)
+    new_account_age_s: float = Field(default=86_400.0, ge=0)
+    time_zone: str = "UTC"
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(
+                f"unknown IANA time zone {v!r}; use e.g. 'UTC' or 'Europe/Moscow'"
+            ) from e
+        return v
+
+    def seconds(self, name: WindowName) -> int:
+        return self.short_s if name == "short" else self.long_s
+
+
+class _Rule(_Frozen):
+    enabled: bool = True
+    severity: Severity = "page"
+
+
+class CodeSharedRule(_Rule):
+    """A personal code redeemed by several distinct accounts: a leak."""
+
+    window: WindowName = "long"
+    min_accounts: int = Field(default=3, ge=2)
+    # An undeclared campaign is learned as personal once it has this many codes in the long
+    # window and at most this share of them has more than one account.
+    learn_min_codes: int = Field(default=20, ge=2)
+    learn_max_shared_fraction: float = Field(default=0.1, ge=0, le=1)
+
+
+class CampaignRateRule(_Rule):
+    """A campaign's redemption share of all orders far above its learned baseline."""
+
+    severity: Severity = "ticket"
+    score_threshold: float = Field(default=0.99, ge=0, le=1)
+    min_ratio: float = Field(default=3.0, ge=1)
+    min_redemptions: int = Field(default=20, ge=1)
+    # Ratio to baseline at which the alert is raised as a page instead of `severity`.
+    page_ratio: float | None = Field(default=10.0, ge=1)
+
+
+class BotFarmRule(_Rule):
+    """Many fresh accounts redeeming one code from few devices or IPs.
+
+    Looks only at new accounts (younger than ``windows.new_account_age_s``), so a farm is not
+    diluted by the legitimate crowd on a busy public code.
+    """
+
+    window: WindowName = "short"
+    min_new_accounts: int = Field(default=10, ge=2)
+    min_accounts_per_device: float = Field(default=3.0, ge=1)
+
+
+class DiscountAnomalyRule(_Rule):
+    """A campaign's discount-to-total ratio far above its norm (a misconfigured discount)."""
+
+    window: WindowName = "short"
+    min_redemptions: int = Field(default=5, ge=1)
+    min_factor: float = Field(default=2.0, ge=1)
+    min_ratio: float = Field(default=0.5, ge=0, le=1)
+    # Declared as anomalous even before the campaign's norm is learned.
+    absolute_ratio: float = Field(default=0.95, ge=0, le=1)
+
+
+class AccountStackingRule(_Rule):
+    """One account redeeming many distinct codes: harvested personal codes."""
+
+    window: WindowName = "long"
+    min_codes: int = Field(default=5, ge=2)
+
+
+class RulesConfig(_Frozen):
+    code_shared: CodeSharedRule = CodeSharedRule()
+    campaign_rate: CampaignRateRule = CampaignRateRule()
+    bot_farm: BotFarmRule = BotFarmRule()
+    discount_anomaly: DiscountAnomalyRule = DiscountAnomalyRule()
+    account_stacking: AccountStackingRule = AccountStackingRule()
+
+
+class RuleOverrides(_Frozen):
+    """Per-campaign overrides: any subset of a rule's keys."""
+
+    code_shared: dict[str, Any] = {}
+    campaign_rate: dict[str, Any] = {}
+    bot_farm: dict[str, Any] = {}
+    discount_anomaly: dict[str, Any] = {}
+
+
+class CampaignConfig(_Frozen):
+    kind: CampaignKind | None = None
+    rules: RuleOverrides = RuleOverrides()
+
+
+class Silence(_Frozen):
+    key: str
+    until: datetime
+    reason: str
+    rule: str | None = None
+
+    @field_validator("until")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("'until' needs a time-zone offset, e.g. 2026-12-01T00:00:00Z")
+        return v
+
+
+class AlertsConfig(_Frozen):
+    resolve_after_s: float = Field(default=600.0, ge=0)
+    cooldown_s: float = Field(default=1800.0, ge=0)
+    max_firing: int = Field(default=100, ge=1)
+    jsonl_path: str | None = None
+    kafka: bool = True
+
+
+class MetricsConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=29100, ge=0, le=65535)
+    # The firing-alerts gauge carries a promo code as a label only for this many alerts.
+    max_firing_labels: int = Field(default=50, ge=1, le=1000)
+    top_campaigns: int = Field(default=20, ge=1, le=200)
+    runbook_base_url: str = (
+        "https://github.com/promo-detector/promo-detector/blob/main/docs/runbooks"
+    )
+
+
+class ModelsConfig(_Frozen):
+    snapshot_every_buckets: int = Field(default=1, ge=1)
+    lease_ttl_s: float = Field(default=15.0, gt=0)
+
+
+class LoggingConfig(_Frozen):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "console"
+
+
+class Config(BaseSettings):
+    """The detector's whole configuration; see docs/configuration.md for every key."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", env_prefix="DETECTOR_", env_nested_delimiter="__"
+    )
+
+    state: Literal["memory", "redis"] = "redis"
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
+    events: EventsConfig = EventsConfig()
+    windows: WindowsConfig = WindowsConfig()
+    rules: RulesConfig = RulesConfig()
+    campaigns: dict[str, CampaignConfig] = {}
+    allow_list: list[str] = []
+    silences: list[Silence] = []
+    alerts: AlertsConfig = AlertsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    models: ModelsConfig = ModelsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Env beats the file: an operator's override (a secret, a host) wins over the YAML.
+        return (env_settings, init_settings)
+
+    @property
+    def dedupe_horizon_s(self) -> float:
+        h = self.events.dedupe_horizon_s
+        return h if h is not None else self.windows.long_s + self.events.allowed_lateness_s
+
+    @property
+    def retention_s(self) -> float:
+        """How long windowed state must be kept: the longest window, lateness and a bucket."""
+        return self.windows.long_s + self.events.allowed_lateness_s + 2 * self.windows.bucket_s
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.effective_json().encode()).hexdigest()[:12]
+
+    def effective_json(self) -> str:
+        """Every effective value, defaults filled in, secrets masked."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+    def rule_for(self, rule: str, campaign_id: str | None) -> Any:
+        """The rule's config with the campaign's overrides applied (validated at load)."""
+        base = getattr(self.rules, rule)
+        if campaign_id is None or campaign_id not in self.campaigns:
+            return base
+        over: dict[str, Any] = getattr(self.campaigns[campaign_id].rules, rule, {})
+        return base.model_copy(update=over) if over else base
+
+
+# Keys whose change needs a restart: they shape state layout or connections.
+RESTART_KEYS = ("state", "kafka", "redis", "windows", "events", "metrics", "models", "logging")
+
+
+def _check_semantics(cfg: Config) -> None:
+    w = cfg.windows
+    if w.short_s % w.bucket_s or w.long_s % w.bucket_s:
+        raise ConfigError(
+            f"config keys 'windows.short_s'={w.short_s} and 'windows.long_s'={w.long_s} must be "
+            f"multiples of 'windows.bucket_s'={w.bucket_s}"
+        )
+    if w.short_s > w.long_s:
+        raise ConfigError(
+            f"config key 'windows.short_s'={w.short_s} must not exceed 'windows.long_s'={w.long_s}"
+        )
+    thresholds = {
+        "rules.code_shared.min_accounts": cfg.rules.code_shared.min_accounts,
+        "rules.account_stacking.min_codes": cfg.rules.account_stacking.min_codes,
+        "rules.bot_farm.min_new_accounts": cfg.rules.bot_farm.min_new_accounts,
+    }
+    for name, value in thresholds.items():
+        if value > w.distinct_exact_cap:
+            raise ConfigError(
+                f"config key '{name}'={value} exceeds 'windows.distinct_exact_cap'="
+                f"{w.distinct_exact_cap}; distinct counts are exact only up to the cap: raise it"
+            )
+    for cid, camp in cfg.campaigns.items():
+        for rule in ("code_shared", "campaign_rate", "bot_farm", "discount_anomaly"):
+            over = getattr(camp.rules, rule)
+            if not over:
+                continue
+            base = getattr(cfg.rules, rule)
+            try:
+                type(base).model_validate({**base.model_dump(), **over})
+            except ValidationError as e:
+                raise ConfigError(_format(e, prefix=f"campaigns.{cid}.rules.{rule}")) from None
+
+
+def _allowed_at(loc: tuple[str | int, ...]) -> str:
+    model: Any = Config
+    for part in loc[:-1]:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or not isinstance(part, str) or part not in fields:
+            return ""
+        ann = fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    fields = getattr(model, "model_fields", None)
+    return ", ".join(sorted(fields)) if fields else ""
+
+
+def _format(e: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        key = f"{prefix}.{key}" if prefix else key
+        received = err.get("input")
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_at(loc)
+            lines.append(f"config key '{key}' is unknown; allowed keys here: {allowed}")
+        else:
+            lines.append(f"config key '{key}': received {received!r}; {err['msg']}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a config file (or only defaults + env when ``path`` is None)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {str(p)!r} must hold a mapping of keys; received a "
+                f"{type(loaded).__name__}"
+            )
+        data = loaded
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        cfg = Config(**data)
+    except ValidationError as e:
+        raise ConfigError(_format(e)) from None
+    _check_semantics(cfg)
+    return cfg
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """Top-level keys that differ between two configs and cannot be applied live."""
+    return [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
+
+
+def env_has_overrides() -> bool:
+    return any(k.startswith("DETECTOR_") for k in os.environ)

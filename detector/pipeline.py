@@ -1,0 +1,567 @@
+"""The detection pipeline shared by `replay` and `run`.
+
+Records in; state, alerts and dead letters out.
+
+Per batch of records:
+
+1. parse; bad records go to the dead-letter sink (flushed before their offsets are stored);
+2. cut the batch into event-time slices (one bucket each, a prefix of every partition), so that
+   alerts are evaluated within a bucket of the event that crossed the line, however large the
+   batch;
+3. per slice: drop late events, claim event ids (dedupe), pre-aggregate, and write the state delta
+   atomically with the partition offsets it covers (``Store.apply``);
+4. read the touched entities' windowed features, run the rules, and commit alert transitions with
+   their outbox records (``Store.commit``);
+5. when the watermark closes a bucket: the models' single writer scores then learns each top
+   campaign's bucket, and firing alerts are re-checked so they resolve when traffic stops;
+6. deliver the outbox to the sinks, then acknowledge it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from detector.alerts.lifecycle import CAP_RULE, Episode, Lifecycle, Target, episode_name
+from detector.alerts.record import Alert
+from detector.config import Config
+from detector.events.parse import BadEvent, Event, parse
+from detector.features.extract import CAMPAIGN_CODES_CAP, Entity, Extractor
+from detector.features.view import FeatureReader, Features
+from detector.metrics import Metrics
+from detector.models import RateModel, RatioBaseline
+from detector.rules import EVENT_RULES, CampaignRate, Finding, RateObservation, RuleContext
+from detector.sinks.base import AlertSink, DeadLetterSink
+from detector.sources.base import Record
+from detector.state.base import Commit, Delta, Progress, Read, Store
+from detector.state.keys import Keys
+
+log = structlog.get_logger(__name__)
+
+MODELS_LEASE = "models"
+CLOCK_SNAPSHOT = "__clock__"
+_MAX_SLICE = 5000
+
+
+@dataclass(slots=True)
+class Stats:
+    """What one process has seen; replay prints it as its summary."""
+
+    records: int = 0
+    ok: int = 0
+    late: int = 0
+    duplicate: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    alerts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+
+class _RateLimitedLog:
+    """At most one line per reason every ``every_s``, with the count of those not logged."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self._every = every_s
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def bad(self, r: Record, reason: str, detail: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(reason, -math.inf) < self._every:
+            self._skipped[reason] = self._skipped.get(reason, 0) + 1
+            return
+        self._last[reason] = now
+        log.warning(
+            "dead-lettered event",
+            reason=reason,
+            detail=detail,
+            topic=r.topic,
+            partition=r.partition,
+            offset=r.offset,
+            similar_not_logged=self._skipped.pop(reason, 0),
+        )
+
+
+class _CampaignModels:
+    __slots__ = ("rate", "ratio")
+
+    def __init__(self, rate: RateModel, ratio: RatioBaseline) -> None:
+        self.rate = rate
+        self.ratio = ratio
+
+
+class Pipeline:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        alert_sinks: Sequence[AlertSink],
+        dead_letters: DeadLetterSink,
+        metrics: Metrics,
+        *,
+        source: str,
+        owner: str,
+        live: bool,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.sinks = list(alert_sinks)
+        self.dlq = dead_letters
+        self.metrics = metrics
+        self.source = source
+        self.owner = owner
+        self.live = live
+        self.wall = wall
+        self.stats = Stats()
+        w = cfg.windows
+        self.keys = Keys(cfg.redis.key_prefix, w.bucket_s, w.long_s // w.bucket_s)
+        self.extractor = Extractor(self.keys, w.distinct_exact_cap, w.new_account_age_s)
+        self.reader = FeatureReader(self.keys, w.short_s, w.long_s)
+        self.lifecycle = Lifecycle(cfg)
+        self.rate_rule = CampaignRate()
+        self._zone = ZoneInfo(w.time_zone)
+        self._badlog = _RateLimitedLog()
+        # Event-time clock: max ts per partition; partitions assigned but without data yet hold
+        # the watermark back until they have been idle for `events.idle_partition_s`.
+        self._max_ts: dict[int, float] = {}
+        self._applied: dict[int, int] = {}
+        self._assigned_at: dict[int, float] = {}
+        self._last_data: dict[int, float] = {}
+        self._last_event_wall = wall()
+        self._wm = -math.inf
+        self._last_closed: int | None = None
+        self._models: dict[str, _CampaignModels] = {}
+        self._leader = False
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Apply a reloaded config (live keys only: the caller rejects restart-only changes)."""
+        self.cfg = cfg
+        self.lifecycle = Lifecycle(cfg)
+
+    def _ctx(self) -> RuleContext:
+        return RuleContext(self.cfg, self._ratio_baseline)
+
+    # -- partitions and clock ------------------------------------------------------------------
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """Partitions given to this instance: load how far the store has applied them."""
+        partitions = list(partitions)
+        prog = self.store.progress(self.source, partitions)
+        now = self.wall()
+        for p in partitions:
+            self._assigned_at[p] = now
+            if p in prog.offsets:
+                self._applied[p] = prog.offsets[p]
+            if p in prog.max_ts:
+                self._max_ts[p] = prog.max_ts[p]
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            for d in (self._max_ts, self._applied, self._assigned_at, self._last_data):
+                d.pop(p, None)  # type: ignore[attr-defined]
+
+    def reload_progress(self) -> dict[int, int]:
+        """After a store error or a conflict: what the store really holds for our partitions.
+
+        A failed EXEC may still have applied, and another instance may have taken a partition
+        over; the caller rewinds the source to these offsets and drops its in-flight batch.
+        """
+        parts = sorted(set(self._assigned_at) | set(self._applied))
+        prog = self.store.progress(self.source, parts)
+        self._applied = dict(prog.offsets)
+        for p, ts in prog.max_ts.items():
+            self._max_ts[p] = max(self._max_ts.get(p, ts), ts)
+        return dict(prog.offsets)
+
+    def watermark(self) -> float:
+        lateness = self.cfg.events.allowed_lateness_s
+        if not self._max_ts:
+            return self._wm
+        if not self.live:
+            wm = max(self._max_ts.values()) - lateness
+        else:
+            now = self.wall()
+            idle_s = self.cfg.events.idle_partition_s
+            held: list[float] = []
+            for p, since in self._assigned_at.items():
+                ts = self._max_ts.get(p)
+                quiet = now - self._last_data.get(p, since) >= idle_s
+                if ts is None:
+                    if not quiet:
+                        return self._wm  # a partition not read yet: its events may be older
+                    continue
+                if not quiet:
+                    held.append(ts)
+            top = max(self._max_ts.values())
+            wm = (min(held) if held else top) - lateness
+            idle = now - self._last_event_wall
+            if idle >= self.cfg.events.idle_advance_s:
+                # No traffic at all: let time pass so that alerts resolve (CONTRACT.md §2).
+                wm = max(wm, top + idle - lateness)
+        self._wm = max(self._wm, wm)
+        return self._wm
+
+    def now(self) -> float:
+        """The detector's current event time (the watermark plus the allowed lateness)."""
+        return self.watermark() + self.cfg.events.allowed_lateness_s
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def process(self, records: Sequence[Record]) -> dict[int, int]:
+        """Process one batch; returns the next offset per partition that state now covers."""
+        t0 = time.perf_counter()
+        wall_now = self.wall()
+        ev_cfg = self.cfg.events
+        per_part: dict[int, deque[tuple[Record, Event | None]]] = {}
+        bad = 0
+        for r in records:
+            if r.offset < self._applied.get(r.partition, -1):
+                continue  # already applied (a redelivery after a store error or rebalance)
+            res = parse(
+                r.value,
+                now=wall_now,
+                max_bytes=ev_cfg.max_message_bytes,
+                max_future_skew_s=ev_cfg.max_future_skew_s,
+            )
+            if isinstance(res, BadEvent):
+                self.dlq.send(r, res.reason, res.detail)
+                self._count_bad(r, res)
+                bad += 1
+                per_part.setdefault(r.partition, deque()).append((r, None))
+            else:
+                per_part.setdefault(r.partition, deque()).append((r, res))
+            self._last_data[r.partition] = wall_now
+        self.stats.records += len(records)
+        if bad:
+            self.dlq.flush()  # durable before the offsets that skip them are stored
+        for items, offsets in self._slices(per_part):
+            self._apply_slice(items, offsets)
+        if records:
+            self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+        self.tick()
+        return {p: o for p, o in self._applied.items()}
+
+    def _count_bad(self, r: Record, b: BadEvent) -> None:
+        self.metrics.events.labels("dead_letter").inc()
+        self.metrics.dead_letters.labels(b.reason).inc()
+        self.stats.dead_letters[b.reason] = self.stats.dead_letters.get(b.reason, 0) + 1
+        self._badlog.bad(r, b.reason, b.detail)
+
+    def _slices(
+        self, per_part: dict[int, deque[tuple[Record, Event | None]]]
+    ) -> Iterable[tuple[list[tuple[Record, Event | None]], dict[int, int]]]:
+        """Cut partitions into slices of one event-time bucket, each a prefix of every partition."""
+        bucket_s = self.cfg.windows.bucket_s
+        while any(per_part.values()):
+            heads = [
+                next((ev.ts for _, ev in q if ev is not None), math.inf) for q in per_part.values()
+            ]
+            first = min(heads)
+            end = (math.floor(first / bucket_s) + 1) * bucket_s if first != math.inf else math.inf
+            items: list[tuple[Record, Event | None]] = []
+            offsets: dict[int, int] = {}
+            for p, q in per_part.items():
+                while q and len(items) < _MAX_SLICE:
+                    r, ev = q[0]
+                    if ev is not None and ev.ts >= end:
+                        break
+                    items.append(q.popleft())
+                    offsets[p] = r.offset + 1
+            yield items, offsets
+
+    def _apply_slice(
+        self, items: list[tuple[Record, Event | None]], offsets: dict[int, int]
+    ) -> None:
+        wm = self.watermark()
+        fresh: list[tuple[Record, Event]] = []
+        late = 0
+        for r, ev in items:
+            if ev is None:
+                continue
+            if ev.ts > self._max_ts.get(r.partition, -math.inf):
+                self._max_ts[r.partition] = ev.ts
+            if ev.ts < wm:
+                late += 1
+            else:
+                fresh.append((r, ev))
+        src = self.source
+        claims = [(ev.event_id, f"{src}:{r.partition}:{r.offset}") for r, ev in fresh]
+        flags = self.store.claim(claims, self.cfg.dedupe_horizon_s) if claims else []
+        delta = Delta()
+        touched: dict[Entity, float] = {}
+        dup = 0
+        for (_, ev), new in zip(fresh, flags, strict=True):
+            if not new:
+                dup += 1
+                continue
+            for ent in self.extractor.add(delta, ev):
+                if ev.ts > touched.get(ent, -math.inf):
+                    touched[ent] = ev.ts
+        delta.dirty = {e.encode() for e in touched}
+        maxes = {p: self._max_ts[p] for p in offsets if p in self._max_ts}
+        expected = {p: self._applied.get(p) for p in offsets}
+        self.store.apply(delta, Progress(src, offsets, maxes, expected))
+        self._applied.update(offsets)
+        ok = len(fresh) - dup
+        m = self.metrics
+        m.events.labels("ok").inc(ok)
+        m.events.labels("late").inc(late)
+        m.events.labels("duplicate").inc(dup)
+        self.stats.ok += ok
+        self.stats.late += late
+        self.stats.duplicate += dup
+        if fresh:
+            self._last_event_wall = self.wall()
+        m.last_batch.set(self.wall())
+        self._evaluate(touched)
+        if self.live:
+            now = self.wall()
+            for r, _ in items:
+                if r.timestamp_ms is not None and r.timestamp_ms > 0:
+                    m.decision_lag.observe(max(0.0, now - r.timestamp_ms / 1000))
+
+    # -- rules and alerts ----------------------------------------------------------------------
+
+    def _evaluate(self, touched: dict[Entity, float], extra: Sequence[Target] = ()) -> None:
+        """Run the event rules on touched entities (and re-check ``extra`` firing targets)."""
+        targets = list(touched.items())
+        seen = set(touched)
+        t_now = self.now() if extra else 0.0
+        for tg in extra:
+            ent = Entity(tg.scope, tg.key, tg.campaign)
+            if ent not in seen:
+                seen.add(ent)
+                targets.append((ent, t_now))
+        if not targets:
+            return
+        feats = self.reader.read(self.store, targets)
+        states = self.store.alert_states()
+        ctx = self._ctx()
+        observations: list[tuple[Target, Finding | None, float]] = []
+        marks = Delta()
+        for f in feats:
+            ent = f.entity
+            for rule in EVENT_RULES.get(ent.scope, ()):
+                finding = rule.evaluate(f, ctx)
+                if finding is None and episode_name(rule.name, ent.key) not in states:
+                    continue
+                observations.append(
+                    (Target(rule.name, ent.scope, ent.key, ent.campaign), finding, f.t)
+                )
+            self._mark_shared(f, marks)
+        self._decide(states, observations, marks, clean={e.encode() for e in touched})
+
+    def _mark_shared(self, f: Features, marks: Delta) -> None:
+        ent = f.entity
+        if ent.scope == "code" and ent.campaign is not None and f.accounts.get("long", 0) >= 2:
+            marks.seen(self.keys.campaign_shared(ent.campaign), ent.key, f.t, CAMPAIGN_CODES_CAP)
+
+    def _decide(
+        self,
+        states: dict[str, bytes],
+        observations: list[tuple[Target, Finding | None, float]],
+        marks: Delta | None = None,
+        clean: set[str] | None = None,
+        snapshots: dict[str, bytes] | None = None,
+    ) -> None:
+        d = self.lifecycle.decide(states, observations, self.now())
+        for rule, reason in d.suppressed:
+            self.metrics.suppressed.labels(rule, reason).inc()
+        if not d.changes and not (marks and len(marks)) and not clean and not snapshots:
+            return
+        self.store.commit(
+            Commit(
+                changes=d.changes,
+                marks=marks or Delta(),
+                snapshots=snapshots or {},
+                lease_owner=self.owner if snapshots else None,
+                clean=clean or set(),
+            )
+        )
+        if any(ch.outbox is not None for ch in d.changes):
+            self.deliver()
+
+    def deliver(self) -> None:
+        """Send pending outbox records to every sink, then acknowledge them."""
+        pending = self.store.outbox()
+        if not pending:
+            return
+        alerts = [Alert.from_json(raw) for _, raw in pending]
+        for sink in self.sinks:
+            sink.write(alerts)
+        for a in alerts:
+            self.metrics.alert(a)
+            k = (a.rule, a.severity, a.status)
+            self.stats.alerts[k] = self.stats.alerts.get(k, 0) + 1
+        self.store.ack_outbox([i for i, _ in pending])
+
+    def restore_firing(self) -> None:
+        """Rebuild the firing-alerts gauge from the store (after a restart)."""
+        for raw in self.store.alert_states().values():
+            ep = Episode.decode(raw)
+            if ep.status == "firing":
+                self.metrics.track(Alert.from_json(ep.record("firing", ep.fired_at)))
+
+    def recover(self) -> None:
+        """At start: deliver an outbox left by a crash, evaluate entities left dirty."""
+        self.deliver()
+        pending = [e for e in map(Entity.decode, self.store.dirty()) if e is not None]
+        if pending:
+            t = self.now() if self._max_ts else self.wall()
+            self._evaluate(dict.fromkeys(pending, t))
+
+    # -- closed buckets: models and resolution --------------------------------------------------
+
+    def tick(self) -> None:
+        """Close every bucket the watermark has passed (models), then re-check firing alerts."""
+        wm = self.watermark()
+        if wm == -math.inf:
+            return
+        self.metrics.watermark.set(max(wm, 0.0))
+        bucket_s = self.cfg.windows.bucket_s
+        target = math.floor(wm / bucket_s) - 1
+        if self._last_closed is None:
+            self._last_closed = self._load_clock(target)
+        if target <= self._last_closed:
+            return
+        self._leader = self.store.try_lease(MODELS_LEASE, self.owner, self.cfg.models.lease_ttl_s)
+        first = max(self._last_closed + 1, target - self.cfg.windows.long_s // bucket_s + 1)
+        if self._leader:
+            for b in range(first, target + 1):
+                self._close_bucket(b)
+        else:
+            self._models.clear()  # read fresh snapshots from the owner next time
+        self._last_closed = target
+        self._recheck_firing()
+
+    def _load_clock(self, target: int) -> int:
+        snap = self.store.snapshots([CLOCK_SNAPSHOT]).get(CLOCK_SNAPSHOT)
+        return int(snap) if snap is not None else target
+
+    def _local_t(self, ts: float) -> float:
+        off = datetime.fromtimestamp(ts, UTC).astimezone(self._zone).utcoffset()
+        return ts + (off.total_seconds() if off is not None else 0.0)
+
+    def _model_campaigns(self, b: int) -> list[str]:
+        k = self.keys
+        req = Read(hashes=[k.campaign_volume(b), k.campaign_volume(b - k.seg_buckets)])
+        res = self.store.read(req)
+        volume: dict[str, float] = {}
+        for h in res.hashes:
+            for c, n in h.items():
+                volume[c] = volume.get(c, 0.0) + n
+        top = sorted(volume, key=lambda c: (-volume[c], c))[: self.cfg.metrics.top_campaigns * 5]
+        return sorted(set(top) | set(self._models))
+
+    def _campaign_models(self, camps: Sequence[str]) -> None:
+        missing = [c for c in camps if c not in self._models]
+        if not missing:
+            return
+        names = [f"rate:{c}" for c in missing] + [f"ratio:{c}" for c in missing]
+        snaps = self.store.snapshots(names)
+        for c in missing:
+            rate_b, ratio_b = snaps.get(f"rate:{c}"), snaps.get(f"ratio:{c}")
+            self._models[c] = _CampaignModels(
+                RateModel.restore(rate_b) if rate_b else RateModel(),
+                RatioBaseline.restore(ratio_b) if ratio_b else RatioBaseline(),
+            )
+
+    def _ratio_baseline(self, campaign: str) -> RatioBaseline | None:
+        if campaign not in self._models:
+            snap = self.store.snapshots([f"ratio:{campaign}"]).get(f"ratio:{campaign}")
+            if snap is None:
+                return None
+            self._models[campaign] = _CampaignModels(RateModel(), RatioBaseline.restore(snap))
+        return self._models[campaign].ratio
+
+    def _close_bucket(self, b: int) -> None:
+        k = self.keys
+        camps = self._model_campaigns(b)
+        self._campaign_models(camps)
+        t_end = (b + 1) * k.bucket_s - 1e-6
+        req = Read(fields=[(k.orders(b), [f"n{b}"])])
+        for c in camps:
+            req.fields.append((k.campaign_counts(c, b), [f"n{b}", f"r{b}", f"q{b}"]))
+        res = self.store.read(req)
+        orders = res.fields[0][0]
+        feats = {
+            f.entity.key: f
+            for f in self.reader.read(
+                self.store, [(Entity("campaign", c, None), t_end) for c in camps]
+            )
+        }
+        states = self.store.alert_states()
+        observations: list[tuple[Target, Finding | None, float]] = []
+        snapshots: dict[str, bytes] = {CLOCK_SNAPSHOT: str(b).encode()}
+        t_local = self._local_t(b * k.bucket_s)
+        scores: dict[str, float] = {}
+        observed: set[str] = set()
+        for c, row in zip(camps, res.fields[1:], strict=True):
+            n, rsum, q = row
+            mdl = self._models[c]
+            share = n / orders if orders > 0 else 0.0
+            x = {"value": share, "t": t_local}
+            score = mdl.rate.score_one(x)
+            obs = RateObservation(
+                campaign=c,
+                redemptions=n,
+                orders=orders,
+                recent=feats[c].redemptions["short"],
+                score=score,
+                expected_share=mdl.rate.expected(),
+                warmed_up=mdl.rate.warmed_up,
+            )
+            mdl.rate.learn_one(x)
+            if q > 0:
+                mdl.ratio.learn_one({"value": rsum / q, "t": t_local})
+            finding = self.rate_rule.evaluate(obs, self.cfg)
+            if finding is not None or episode_name("campaign_rate", c) in states:
+                observations.append((Target("campaign_rate", "campaign", c, c), finding, t_end))
+            observed.add(c)
+            scores[c] = score
+            snapshots[f"rate:{c}"] = mdl.rate.snapshot()
+            snapshots[f"ratio:{c}"] = mdl.ratio.snapshot()
+        for raw in states.values():
+            ep = Episode.decode(raw)
+            if ep.rule == "campaign_rate" and ep.key not in observed:
+                # No longer modelled (fell out of the top campaigns): its condition cannot hold.
+                observations.append((Target(ep.rule, ep.scope, ep.key, ep.campaign), None, t_end))
+        self._export_scores(scores)
+        self._decide(states, observations, snapshots=snapshots)
+
+    def _export_scores(self, scores: dict[str, float]) -> None:
+        g = self.metrics.model_score
+        g.clear()
+        top = sorted(scores, key=lambda c: -scores[c])
+        keep = top[: self.cfg.metrics.top_campaigns]
+        for c in keep:
+            g.labels(c).set(scores[c])
+        rest = [scores[c] for c in top[len(keep) :]]
+        if rest:
+            g.labels("other").set(max(rest))
+
+    def _recheck_firing(self) -> None:
+        """Re-evaluate open episodes with no new events, so that they clear and resolve."""
+        states = self.store.alert_states()
+        targets = []
+        for raw in states.values():
+            ep = Episode.decode(raw)
+            if ep.rule in ("campaign_rate", CAP_RULE) and ep.status == "firing":
+                continue  # evaluated per closed bucket / by the lifecycle itself
+            targets.append(Target(ep.rule, ep.scope, ep.key, ep.campaign))
+        if targets:
+            self._evaluate({}, targets)
+        elif any(Episode.decode(r).rule == CAP_RULE for r in states.values()):
+            self._decide(states, [])
+
+    def close(self) -> None:
+        if self._leader:
+            self.store.release_lease(MODELS_LEASE, self.owner)

@@ -1,0 +1,32 @@
+"""One account redeeming many distinct codes: harvested personal codes."""
+
+from __future__ import annotations
+
+from detector.config import AccountStackingRule
+from detector.features.view import Features
+from detector.rules.base import Finding, RuleContext, window_label
+
+
+class AccountStacking:
+    name = "account_stacking"
+    scope = "account"
+
+    def evaluate(self, f: Features, ctx: RuleContext) -> Finding | None:
+        cfg: AccountStackingRule = ctx.cfg.rules.account_stacking
+        if not cfg.enabled:
+            return None
+        codes = f.codes[cfg.window]
+        if codes < cfg.min_codes:
+            return None
+        win = window_label(ctx.cfg.windows.seconds(cfg.window))
+        return Finding(
+            rule=self.name,
+            scope="account",
+            key=f.entity.key,
+            campaign=None,
+            severity=cfg.severity,
+            value=float(codes),
+            threshold=float(cfg.min_codes),
+            summary=f"account {f.entity.key} redeemed {codes} distinct promo codes in {win}; "
+            f"likely harvested codes: hold its orders and review.",
+        )

@@ -1,0 +1,51 @@
+"""What a rule is: a condition over an entity's features that, when it holds, is a finding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from detector.config import Config, Severity
+from detector.features.view import Features
+from detector.models.base import OnlineModel
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A rule's condition holds for ``key``: what was measured and the line it crossed."""
+
+    rule: str
+    scope: str
+    key: str
+    campaign: str | None
+    severity: Severity
+    value: float
+    threshold: float | None
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuleContext:
+    cfg: Config
+    # The learned discount-ratio norm of a campaign, if one is modelled.
+    ratio_baseline: Callable[[str], OnlineModel | None]
+
+    def kind(self, campaign: str | None) -> str | None:
+        """The declared kind of a campaign, or None when it is not declared."""
+        if campaign is None or campaign not in self.cfg.campaigns:
+            return None
+        return self.cfg.campaigns[campaign].kind
+
+
+class Rule(Protocol):
+    name: str
+    scope: str
+
+    def evaluate(self, f: Features, ctx: RuleContext) -> Finding | None:
+        """The finding when the condition holds at ``f.t``, else None."""
+        ...
+
+
+def window_label(seconds: int) -> str:
+    return f"{seconds // 3600} h" if seconds % 3600 == 0 else f"{seconds // 60} min"

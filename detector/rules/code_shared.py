@@ -1,0 +1,48 @@
+"""A personal code redeemed by several distinct accounts: the 2013 leak."""
+
+from __future__ import annotations
+
+from detector.config import CodeSharedRule
+from detector.features.view import Features
+from detector.rules.base import Finding, RuleContext, window_label
+from detector.state.keys import standalone_campaign
+
+
+class CodeShared:
+    name = "code_shared"
+    scope = "code"
+
+    def evaluate(self, f: Features, ctx: RuleContext) -> Finding | None:
+        code, camp = f.entity.key, f.entity.campaign
+        cfg: CodeSharedRule = ctx.cfg.rule_for(self.name, camp)
+        if not cfg.enabled:
+            return None
+        kind = ctx.kind(camp)
+        if kind == "public":
+            return None
+        if kind is None:
+            # Undeclared: personal only once learned from the stream. A code on its own, or a
+            # young campaign with a single popular code, is a public launch, not a leak.
+            if camp is None or camp == standalone_campaign(code):
+                return None
+            codes, shared = f.campaign_codes, f.campaign_shared_codes
+            if codes < cfg.learn_min_codes or shared > cfg.learn_max_shared_fraction * codes:
+                return None
+            norm = f"campaign {camp}'s other codes have 1 account each ({codes} codes seen)"
+        else:
+            norm = f"campaign {camp} is declared personal: 1 account per code"
+        accounts = f.accounts[cfg.window]
+        if accounts < cfg.min_accounts:
+            return None
+        win = window_label(ctx.cfg.windows.seconds(cfg.window))
+        return Finding(
+            rule=self.name,
+            scope="code",
+            key=code,
+            campaign=camp,
+            severity=cfg.severity,
+            value=float(accounts),
+            threshold=float(cfg.min_accounts),
+            summary=f"personal code {code} used by {accounts} accounts in {win}; {norm}. "
+            f"Likely leaked: suspend the code.",
+        )

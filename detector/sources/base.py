@@ -1,0 +1,34 @@
+"""Where events come from: a JSONL file (replay) or a Kafka consumer group (run)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One message as received; ``offset`` is the line index for files."""
+
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    timestamp_ms: int | None = None
+
+
+class Source(Protocol):
+    name: str
+    """Identifies the source's progress in the store (e.g. ``kafka:group:topic``)."""
+
+    def batches(self) -> Iterator[list[Record]]:
+        """Batches of records in offset order per partition; empty lists while idle."""
+        ...
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        """Tell the source that state covers records before these next offsets."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,183 @@
+"""Live source: a kafka-python consumer group that resumes from the offsets stored with state.
+
+Offsets live in the store, written atomically with the state they produced; on assignment the
+consumer seeks to them, so records already applied are never applied again, whatever Kafka's own
+committed offsets say (those are committed too, after the store, for lag monitoring and tools).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import structlog
+from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from detector.config import KafkaConfig
+from detector.errors import SourceError
+from detector.sources.base import Record
+
+log = structlog.get_logger(__name__)
+
+
+def client_options(cfg: KafkaConfig) -> dict[str, Any]:
+    """Connection and security options shared by consumers and producers."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": cfg.bootstrap_servers.split(","),
+        "client_id": cfg.client_id,
+        "security_protocol": cfg.security_protocol,
+        "request_timeout_ms": cfg.request_timeout_ms,
+    }
+    if cfg.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        opts["sasl_mechanism"] = cfg.sasl_mechanism or "PLAIN"
+        opts["sasl_plain_username"] = cfg.sasl_username
+        opts["sasl_plain_password"] = (
+            cfg.sasl_password.get_secret_value() if cfg.sasl_password else None
+        )
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_cafile"] = cfg.ssl_cafile
+        opts["ssl_certfile"] = cfg.ssl_certfile
+        opts["ssl_keyfile"] = cfg.ssl_keyfile
+        opts["ssl_check_hostname"] = cfg.ssl_check_hostname
+    return opts
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, src: KafkaSource) -> None:
+        self._src = src
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        # Called inside poll(): the previous batch is fully applied to the store by then.
+        self._src._revoked([tp.partition for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._src._assigned([tp.partition for tp in assigned])
+
+
+class KafkaSource:
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        stored_offsets: Callable[[], dict[int, int]],
+        on_assign: Callable[[list[int]], None],
+        on_revoke: Callable[[list[int]], None],
+        consumer: Any | None = None,
+    ) -> None:
+        self.name = f"kafka:{cfg.group_id}:{cfg.topics.events}"
+        self._cfg = cfg
+        self._topic = cfg.topics.events
+        self._stored = stored_offsets
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._stop = False
+        self._committed: dict[int, int] = {}
+        self._c = consumer if consumer is not None else self._consumer()
+
+    def _consumer(self) -> Any:
+        cfg = self._cfg
+        try:
+            return KafkaConsumer(
+                group_id=cfg.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset=cfg.auto_offset_reset,
+                max_poll_records=cfg.max_poll_records,
+                fetch_max_bytes=cfg.fetch_max_bytes,
+                max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+                session_timeout_ms=cfg.session_timeout_ms,
+                heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+                max_poll_interval_ms=cfg.max_poll_interval_ms,
+                **client_options(cfg),
+            )
+        except KafkaError as e:
+            raise SourceError(
+                f"cannot connect to Kafka at {cfg.bootstrap_servers} "
+                f"({cfg.security_protocol}): {type(e).__name__}: {e}"
+            ) from None
+
+    def _assigned(self, partitions: list[int]) -> None:
+        stored = self._stored()
+        for p in partitions:
+            if p in stored:
+                self._c.seek(TopicPartition(self._topic, p), stored[p])
+        log.info("partitions assigned", topic=self._topic, partitions=sorted(partitions))
+        self._on_assign(partitions)
+
+    def _revoked(self, partitions: list[int]) -> None:
+        self._commit_kafka({p: o for p, o in self._committed.items() if p in partitions})
+        log.info("partitions revoked", topic=self._topic, partitions=sorted(partitions))
+        self._on_revoke(partitions)
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def batches(self) -> Iterator[list[Record]]:
+        self._c.subscribe([self._topic], listener=_Listener(self))
+        timeout = self._cfg.poll_timeout_ms
+        while not self._stop:
+            polled = self._c.poll(timeout_ms=timeout, max_records=self._cfg.max_poll_records)
+            batch = [
+                Record(m.value, m.topic, m.partition, m.offset, m.key, m.timestamp)
+                for msgs in polled.values()
+                for m in msgs
+            ]
+            yield batch
+
+    def lag(self) -> dict[int, int]:
+        """Records behind the partition's end, per assigned partition (as far as fetched)."""
+        out = {}
+        for tp in self._c.assignment():
+            hw = self._c.highwater(tp)
+            if hw is not None:
+                out[tp.partition] = max(0, hw - self._c.position(tp))
+        return out
+
+    def seek(self, offsets: dict[int, int]) -> None:
+        """Rewind partitions to the store's offsets (after a store error, to retry cleanly)."""
+        assigned = {tp.partition for tp in self._c.assignment()}
+        for p, o in offsets.items():
+            if p in assigned:
+                self._c.seek(TopicPartition(self._topic, p), o)
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        self._committed.update(offsets)
+        self._commit_kafka(offsets)
+
+    def _commit_kafka(self, offsets: dict[int, int]) -> None:
+        if not offsets:
+            return
+        try:
+            self._c.commit(
+                {
+                    TopicPartition(self._topic, p): OffsetAndMetadata(o, "", -1)
+                    for p, o in offsets.items()
+                }
+            )
+        except KafkaError as e:
+            # The store holds the authoritative offsets; Kafka's are for lag tools only.
+            log.warning("kafka offset commit failed", error=str(e))
+
+    def close(self) -> None:
+        with contextlib.suppress(KafkaError):
+            self._c.close(autocommit=False)
+
+
+def wait_for_kafka(cfg: KafkaConfig, timeout_s: float) -> None:
+    """Fail with a clear error if the brokers do not answer a metadata request in time."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            c = KafkaConsumer(**client_options(cfg))
+            c.topics()
+            c.close()
+            return
+        except KafkaError as e:
+            last = e
+            time.sleep(0.5)
+    raise SourceError(
+        f"Kafka at {cfg.bootstrap_servers} did not answer within {timeout_s}s: {last}"
+    )

@@ -1,0 +1,101 @@
+"""The key schema: every key the detector writes, in one place.
+
+All keys start with the configured prefix (``redis.key_prefix``, default ``pd:``). ``{seg}`` is an
+event-time segment: ``bucket // buckets_per_long_window``, so a window spans at most two segment
+keys and old segments simply expire (no trimming of hash fields). ``{b}`` is an absolute
+event-time bucket index: ``floor(ts / bucket_s)``.
+
+| key | type | content | TTL |
+|---|---|---|---|
+| ``k:{code}:{seg}`` | hash | per bucket: ``n{b}`` redemptions, ``w{b}`` by new accounts | retention |
+| ``u:{code}`` | zset | ``a:{account}``, ``d:{device}``, ``i:{ip}`` -> last event time | retention |
+| ``a:{account}`` | zset | promo codes redeemed -> last event time | retention |
+| ``g:{campaign}:{seg}`` | hash | per bucket: ``n{b}`` redemptions, ``s{b}`` discount sum, ``r{b}`` sum of discount/total, ``q{b}`` events with a total | retention |
+| ``gc:{campaign}`` | zset | codes redeemed -> last event time | retention |
+| ``gm:{campaign}`` | zset | codes with 2+ distinct accounts -> last event time | retention |
+| ``o:{seg}`` | hash | ``n{b}`` all orders, with or without a code | retention |
+| ``cv:{seg}`` | zset | campaign -> redemptions in the segment (top campaigns for models) | retention |
+| ``e:{event_id}`` | string | position that claimed the event (dedupe) | dedupe horizon |
+| ``off:{source}:{p}`` / ``mt:{source}:{p}`` | string | partition's next offset / max event time | none |
+| ``al`` | hash | ``{rule}|{key}`` -> alert-episode state (JSON) | none (lifecycle deletes) |
+| ``ob`` | hash | outbox: record id -> alert record not yet delivered to sinks | none (acked) |
+| ``dirty`` | set | ``{scope}|{key}|{campaign}`` touched by applied batches, not yet evaluated | none |
+| ``m`` | hash | model name -> snapshot bytes | none |
+| ``lease:{name}`` | string | owner id of a single-writer lease | lease TTL |
+
+Campaign ``~{code}`` stands for a code without ``campaign_id``: each such code is its own campaign
+for campaign-level counters and the discount rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def standalone_campaign(code: str) -> str:
+    return "~" + code
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+    bucket_s: int
+    seg_buckets: int
+
+    def bucket(self, ts: float) -> int:
+        return int(ts // self.bucket_s)
+
+    def seg(self, bucket: int) -> int:
+        return bucket // self.seg_buckets
+
+    def code_counts(self, code: str, bucket: int) -> str:
+        return f"{self.prefix}k:{code}:{self.seg(bucket)}"
+
+    def code_distinct(self, code: str) -> str:
+        return f"{self.prefix}u:{code}"
+
+    def account_codes(self, account: str) -> str:
+        return f"{self.prefix}a:{account}"
+
+    def campaign_counts(self, campaign: str, bucket: int) -> str:
+        return f"{self.prefix}g:{campaign}:{self.seg(bucket)}"
+
+    def campaign_codes(self, campaign: str) -> str:
+        return f"{self.prefix}gc:{campaign}"
+
+    def campaign_shared(self, campaign: str) -> str:
+        return f"{self.prefix}gm:{campaign}"
+
+    def orders(self, bucket: int) -> str:
+        return f"{self.prefix}o:{self.seg(bucket)}"
+
+    def campaign_volume(self, bucket: int) -> str:
+        return f"{self.prefix}cv:{self.seg(bucket)}"
+
+    def claim(self, event_id: str) -> str:
+        return f"{self.prefix}e:{event_id}"
+
+    def offsets(self, source: str, partition: int) -> str:
+        return f"{self.prefix}off:{source}:{partition}"
+
+    def max_ts(self, source: str, partition: int) -> str:
+        return f"{self.prefix}mt:{source}:{partition}"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}al"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.prefix}ob"
+
+    @property
+    def dirty(self) -> str:
+        return f"{self.prefix}dirty"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}m"
+
+    def lease(self, name: str) -> str:
+        return f"{self.prefix}lease:{name}"

@@ -1,0 +1,303 @@
+"""The Redis store: one MULTI/EXEC per batch, one Lua script per decision commit.
+
+Redis is the shared, durable state of every ``detector run`` instance. Writes that must stay
+consistent with each other (a batch's counters and the offsets they cover; an alert transition and
+its outbox record) are each one atomic unit, so a crash, or a Redis that loses its last second of
+AOF, always leaves a consistent point to resume from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from detector.config import RedisConfig
+from detector.errors import StaleProgress, StoreError
+from detector.state.base import Commit, Delta, Progress, Read, ReadResult
+from detector.state.keys import Keys
+
+Observer = Callable[[str, float, bool], None]
+
+# KEYS: alerts, outbox, models, lease, dirty, outbox-seq.
+# ARGV: owner, n_changes, (name, has_expected, expected, has_new, new, has_outbox, outbox)*,
+#       n_snapshots, (name, blob)*, n_clean, member*.
+_COMMIT_LUA = """
+local owner = ARGV[1]
+local n = tonumber(ARGV[2])
+local i = 3
+local applied = {}
+for c = 1, n do
+  local name = ARGV[i]
+  local cur = redis.call('HGET', KEYS[1], name)
+  local ok
+  if ARGV[i + 1] == '1' then ok = (cur == ARGV[i + 2]) else ok = (cur == false) end
+  if ok then
+    if ARGV[i + 3] == '1' then
+      redis.call('HSET', KEYS[1], name, ARGV[i + 4])
+    else
+      redis.call('HDEL', KEYS[1], name)
+    end
+    if ARGV[i + 5] == '1' then
+      local id = string.format('%012d', redis.call('INCR', KEYS[6]))
+      redis.call('HSET', KEYS[2], id, ARGV[i + 6])
+    end
+    applied[c] = 1
+  else
+    applied[c] = 0
+  end
+  i = i + 7
+end
+local ns = tonumber(ARGV[i])
+i = i + 1
+if ns > 0 and owner ~= '' and redis.call('GET', KEYS[4]) == owner then
+  for s = 1, ns do
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+else
+  i = i + 2 * ns
+end
+local nc = tonumber(ARGV[i])
+i = i + 1
+for s = 1, nc do
+  redis.call('SREM', KEYS[5], ARGV[i])
+  i = i + 1
+end
+return applied
+"""
+
+# KEYS: lease. ARGV: owner, ttl_ms. Take a free lease or extend our own.
+_LEASE_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def connect(cfg: RedisConfig) -> redis.Redis:
+    """A client from config; the password comes from a SecretStr and is never logged."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": cfg.socket_timeout_s,
+        "socket_connect_timeout": cfg.socket_timeout_s,
+        "health_check_interval": 10,
+    }
+    if cfg.username:
+        kwargs["username"] = cfg.username
+    if cfg.password is not None:
+        kwargs["password"] = cfg.password.get_secret_value()
+    if cfg.url.startswith("rediss://"):
+        if cfg.ssl_ca_certs:
+            kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
+        if cfg.ssl_certfile:
+            kwargs["ssl_certfile"] = cfg.ssl_certfile
+        if cfg.ssl_keyfile:
+            kwargs["ssl_keyfile"] = cfg.ssl_keyfile
+    return redis.Redis.from_url(cfg.url, **kwargs)
+
+
+def _num(v: bytes | None) -> float:
+    return float(v) if v is not None else 0.0
+
+
+class RedisStore:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, ttl_s: float, observe: Observer | None = None
+    ) -> None:
+        self._r = client
+        self._keys = keys
+        self._ttl = max(1, int(ttl_s))
+        self._observe = observe
+        self._commit = client.register_script(_COMMIT_LUA)
+        self._lease = client.register_script(_LEASE_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
+
+    @contextmanager
+    def _op(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        except StaleProgress:
+            self._report(name, t0, ok=True)
+            raise
+        except redis.AuthenticationError as e:
+            self._report(name, t0, ok=False)
+            raise StoreError(f"Redis refused the credentials during {name}: {e}") from None
+        except redis.RedisError as e:
+            self._report(name, t0, ok=False)
+            raise StoreError(f"Redis {name} failed: {type(e).__name__}: {e}") from None
+        self._report(name, t0, ok=True)
+
+    def _report(self, name: str, t0: float, *, ok: bool) -> None:
+        if self._observe is not None:
+            self._observe(name, time.perf_counter() - t0, ok)
+
+    def ping(self) -> None:
+        with self._op("ping"):
+            self._r.ping()
+
+    def claim(self, claims: Sequence[tuple[str, str]], ttl_s: float) -> list[bool]:
+        if not claims:
+            return []
+        ex = max(1, int(ttl_s))
+        with self._op("claim"):
+            pipe = self._r.pipeline(transaction=False)
+            for event_id, pos in claims:
+                pipe.set(self._keys.claim(event_id), pos, nx=True, get=True, ex=ex)
+            held = pipe.execute()
+        return [h is None or h.decode() == pos for h, (_, pos) in zip(held, claims, strict=True)]
+
+    def apply(self, delta: Delta, progress: Progress | None) -> None:
+        with self._op("apply"), self._r.pipeline(transaction=True) as pipe:
+            if progress is not None and progress.expected:
+                self._check_offsets(pipe, progress)
+            pipe.multi()
+            self._queue_delta(pipe, delta)
+            if progress is not None:
+                k = self._keys
+                for part, off in progress.offsets.items():
+                    pipe.set(k.offsets(progress.source, part), off)
+                for part, ts in progress.max_ts.items():
+                    pipe.set(k.max_ts(progress.source, part), repr(ts))
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                raise StaleProgress(
+                    f"partitions {sorted(progress.expected) if progress else []} were applied by "
+                    f"another writer during this batch"
+                ) from None
+
+    def _check_offsets(self, pipe: Any, progress: Progress) -> None:
+        parts = sorted(progress.expected)
+        keys = [self._keys.offsets(progress.source, p) for p in parts]
+        pipe.watch(*keys)
+        stored = pipe.mget(keys)
+        for p, raw in zip(parts, stored, strict=True):
+            have = int(raw) if raw is not None else None
+            if have != progress.expected[p]:
+                raise StaleProgress(
+                    f"partition {p} of {progress.source} is at offset {have}, not "
+                    f"{progress.expected[p]}: another writer applied it"
+                )
+
+    def _queue_delta(self, pipe: Any, delta: Delta) -> None:
+        ttl = self._ttl
+        hashes: set[str] = set()
+        for (key, fld), by in delta.counters.items():
+            if by.is_integer():
+                pipe.hincrby(key, fld, int(by))
+            else:
+                pipe.hincrbyfloat(key, fld, by)
+            hashes.add(key)
+        for key in hashes:
+            pipe.expire(key, ttl)
+        for key, members in delta.distinct.items():
+            pipe.zadd(key, members, gt=True)  # type: ignore[arg-type]
+            pipe.zremrangebyscore(key, "-inf", f"({max(members.values()) - ttl}")
+            pipe.zremrangebyrank(key, 0, -delta.caps[key] - 1)
+            pipe.expire(key, ttl)
+        if delta.dirty:
+            pipe.sadd(self._keys.dirty, *delta.dirty)
+
+    def read(self, req: Read) -> ReadResult:
+        with self._op("read"):
+            pipe = self._r.pipeline(transaction=False)
+            for key, names in req.fields:
+                pipe.hmget(key, list(names))
+            for key, since in req.counts:
+                pipe.zcount(key, f"({since}", "+inf")
+            for key, since in req.members:
+                pipe.zrangebyscore(key, f"({since}", "+inf", withscores=True)
+            for key in req.hashes:
+                pipe.hgetall(key)
+            out = pipe.execute() if (req.fields or req.counts or req.members or req.hashes) else []
+        nf, nc, nm = len(req.fields), len(req.counts), len(req.members)
+        return ReadResult(
+            fields=[[_num(v) for v in row] for row in out[:nf]],
+            counts=[int(c) for c in out[nf : nf + nc]],
+            members=[
+                [(m.decode(), float(sc)) for m, sc in row] for row in out[nf + nc : nf + nc + nm]
+            ],
+            hashes=[{k.decode(): float(v) for k, v in h.items()} for h in out[nf + nc + nm :]],
+        )
+
+    def progress(self, source: str, partitions: Sequence[int]) -> Progress:
+        parts = sorted(partitions)
+        if not parts:
+            return Progress(source)
+        k = self._keys
+        with self._op("progress"):
+            offs = self._r.mget([k.offsets(source, p) for p in parts])
+            mts = self._r.mget([k.max_ts(source, p) for p in parts])
+        return Progress(
+            source,
+            {p: int(v) for p, v in zip(parts, offs, strict=True) if v is not None},
+            {p: float(v) for p, v in zip(parts, mts, strict=True) if v is not None},
+        )
+
+    def dirty(self) -> set[str]:
+        with self._op("dirty"):
+            return {m.decode() for m in self._r.smembers(self._keys.dirty)}
+
+    def alert_states(self) -> dict[str, bytes]:
+        with self._op("alert_states"):
+            return {k.decode(): v for k, v in self._r.hgetall(self._keys.alerts).items()}
+
+    def commit(self, c: Commit) -> list[bool]:
+        k = self._keys
+        args: list[Any] = [c.lease_owner or "", len(c.changes)]
+        for ch in c.changes:
+            args += [ch.name, "1" if ch.expected is not None else "0", ch.expected or b""]
+            args += ["1" if ch.new is not None else "0", ch.new or b""]
+            args += ["1" if ch.outbox is not None else "0", ch.outbox or b""]
+        args.append(len(c.snapshots))
+        for name, blob in c.snapshots.items():
+            args += [name, blob]
+        args.append(len(c.clean))
+        args += sorted(c.clean)
+        keys = [k.alerts, k.outbox, k.models, k.lease("models"), k.dirty, k.outbox + ":seq"]
+        with self._op("commit"):
+            pipe = self._r.pipeline(transaction=True)
+            self._commit(keys=keys, args=args, client=pipe)
+            self._queue_delta(pipe, c.marks)
+            res = pipe.execute()[0]
+        return [bool(x) for x in res]
+
+    def outbox(self) -> list[tuple[str, bytes]]:
+        with self._op("outbox"):
+            items = self._r.hgetall(self._keys.outbox)
+        return sorted((k.decode(), v) for k, v in items.items())
+
+    def ack_outbox(self, ids: Sequence[str]) -> None:
+        if ids:
+            with self._op("ack_outbox"):
+                self._r.hdel(self._keys.outbox, *ids)
+
+    def snapshots(self, names: Sequence[str]) -> dict[str, bytes]:
+        if not names:
+            return {}
+        with self._op("snapshots"):
+            vals = self._r.hmget(self._keys.models, list(names))
+        return {n: v for n, v in zip(names, vals, strict=True) if v is not None}
+
+    def try_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        with self._op("lease"):
+            return bool(self._lease(keys=[self._keys.lease(name)], args=[owner, int(ttl_s * 1000)]))
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._op("lease"):
+            self._release(keys=[self._keys.lease(name)], args=[owner])
+
+    def close(self) -> None:
+        self._r.close()
