@@ -71,7 +71,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     sc = generate(ScenarioParams.from_seed(a.seed, hours=12.0, incidents=("leak",)))
     with tempfile.TemporaryDirectory() as tmp:
         events = str(Path(tmp) / "events.jsonl")
-        n = write_jsonl(sc.events(), events)
+        n = write_jsonl(sc.events, events)
         leak = next(i for i in sc.truth if i.kind == "leak")
         print(
             f"demo: {n} simulated orders over 12 h (seed {a.seed}); personal codes "
@@ -95,29 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dead-letters-out", help="dead-letter JSONL file for bad lines")
     r.add_argument("--redis-url", help="keep state in this Redis instead of in memory")
     r.add_argument("--state", choices=("memory", "redis"), default="memory")
-    r.set_defaults(fn=cmd_replay)
+    r.set_defaults(func=cmd_replay)
 
     run = sub.add_parser("run", help="consume Kafka with state in Redis (the service)")
     run.add_argument("--config", help="config YAML (reloaded on change or SIGHUP)")
-    run.set_defaults(fn=cmd_run)
+    run.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check-config", help="validate a config and print effective values")
     c.add_argument("file")
-    c.set_defaults(fn=cmd_check_config)
+    c.set_defaults(func=cmd_check_config)
 
     d = sub.add_parser("demo", help="replay a built-in leak scenario (no services needed)")
     d.add_argument("--seed", type=int, default=7)
-    d.set_defaults(fn=cmd_demo)
+    d.set_defaults(func=cmd_demo)
 
     from detector.simulate.command import register as register_simulate
 
     register_simulate(sub)
-    try:
-        from detector.backtest.command import register as register_backtest
-    except ImportError:  # pragma: no cover - backtest is optional at import time
-        pass
-    else:
-        register_backtest(sub)
     return p
 
 
@@ -125,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        return int(a.fn(a))
+        return int(a.func(a))
     except DetectorError as e:
         from detector.errors import ConfigError
 

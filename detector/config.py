@@ -23,7 +23,7 @@ from detector.errors import ConfigError
 
 Severity = Literal["page", "ticket", "info"]
 CampaignKind = Literal["personal", "public"]
-WindowName = Literal["short", "long"]
+WindowName = Literal["recent", "short", "long"]
 
 
 class _Frozen(BaseModel):
@@ -88,11 +88,16 @@ class EventsConfig(_Frozen):
 
 class WindowsConfig(_Frozen):
     bucket_s: int = Field(default=60, ge=1, le=3600)
+    # The last couple of buckets: fast reactions on sums (e.g. discount ratios).
+    recent_s: int = Field(default=120, ge=1)
     short_s: int = Field(default=600, ge=1)
     long_s: int = Field(default=3600, ge=1)
+    # How far back a campaign's codes are remembered to learn whether it is personal (one
+    # account per code); only sets of codes live this long, capped per campaign.
+    campaign_memory_s: int = Field(default=6 * 3600, ge=60)
     # Distinct counts are exact up to this many members per key and window; beyond, they are a
     # lower bound that is already past every threshold (validated below).
-    distinct_exact_cap: int = Field(default=500, ge=10, le=100_000)
+    distinct_exact_cap: int = Field(default=100, ge=10, le=100_000)
     new_account_age_s: float = Field(default=86_400.0, ge=0)
     time_zone: str = "UTC"
 
@@ -108,7 +113,7 @@ class WindowsConfig(_Frozen):
         return v
 
     def seconds(self, name: WindowName) -> int:
-        return self.short_s if name == "short" else self.long_s
+        return {"recent": self.recent_s, "short": self.short_s, "long": self.long_s}[name]
 
 
 class _Rule(_Frozen):
@@ -117,10 +122,15 @@ class _Rule(_Frozen):
 
 
 class CodeSharedRule(_Rule):
-    """A personal code redeemed by several distinct accounts: a leak."""
+    """A personal code redeemed by several distinct accounts: a leak.
+
+    Fires at ``min_accounts`` accounts, or already at a second account from another household
+    (a distinct device and a distinct IP): a spouse on the same wifi is not a leak.
+    """
 
     window: WindowName = "long"
     min_accounts: int = Field(default=3, ge=2)
+    second_household: bool = True
     # An undeclared campaign is learned as personal once it has this many codes in the long
     # window and at most this share of them has more than one account.
     learn_min_codes: int = Field(default=20, ge=2)
@@ -151,18 +161,28 @@ class BotFarmRule(_Rule):
 
 
 class DiscountAnomalyRule(_Rule):
-    """A campaign's discount-to-total ratio far above its norm (a misconfigured discount)."""
+    """A campaign's discount-to-total ratio far above its norm (a misconfigured discount).
 
-    window: WindowName = "short"
-    min_redemptions: int = Field(default=5, ge=1)
-    min_factor: float = Field(default=2.0, ge=1)
-    min_ratio: float = Field(default=0.5, ge=0, le=1)
-    # Declared as anomalous even before the campaign's norm is learned.
-    absolute_ratio: float = Field(default=0.95, ge=0, le=1)
+    Looks at the campaign's last redemptions (newest first): the mean ratio of the last ``j`` of
+    them (for every ``j >= min_redemptions``) must clear the campaign's learned norm by
+    ``min_factor`` times, by ``min_sigmas`` standard errors and by ``min_ratio``. A campaign with a
+    fixed percentage is caught at the second broken order; one with naturally varied ratios needs
+    more evidence, automatically.
+    """
+
+    min_redemptions: int = Field(default=2, ge=1)
+    min_factor: float = Field(default=2.5, ge=1)
+    min_sigmas: float = Field(default=6.0, ge=0)
+    min_ratio: float = Field(default=0.3, ge=0, le=1)
+    # Before the norm is learned: the last ``min_redemptions + 1`` orders all at least this.
+    absolute_ratio: float = Field(default=0.9, ge=0, le=1)
 
 
 class AccountStackingRule(_Rule):
-    """One account redeeming many distinct codes: harvested personal codes."""
+    """One account redeeming many distinct codes of one campaign: harvested personal codes.
+
+    Counted per campaign, so a heavy buyer using every public campaign's code is not a harvester.
+    """
 
     window: WindowName = "long"
     min_codes: int = Field(default=5, ge=2)
@@ -272,6 +292,10 @@ class Config(BaseSettings):
         return h if h is not None else self.windows.long_s + self.events.allowed_lateness_s
 
     @property
+    def campaign_retention_s(self) -> float:
+        return max(self.retention_s, float(self.windows.campaign_memory_s))
+
+    @property
     def retention_s(self) -> float:
         """How long windowed state must be kept: the longest window, lateness and a bucket."""
         return self.windows.long_s + self.events.allowed_lateness_s + 2 * self.windows.bucket_s
@@ -298,14 +322,16 @@ RESTART_KEYS = ("state", "kafka", "redis", "windows", "events", "metrics", "mode
 
 def _check_semantics(cfg: Config) -> None:
     w = cfg.windows
-    if w.short_s % w.bucket_s or w.long_s % w.bucket_s:
+    for name in ("recent_s", "short_s", "long_s"):
+        if getattr(w, name) % w.bucket_s:
+            raise ConfigError(
+                f"config key 'windows.{name}'={getattr(w, name)} must be a multiple of "
+                f"'windows.bucket_s'={w.bucket_s}"
+            )
+    if not w.recent_s <= w.short_s <= w.long_s:
         raise ConfigError(
-            f"config keys 'windows.short_s'={w.short_s} and 'windows.long_s'={w.long_s} must be "
-            f"multiples of 'windows.bucket_s'={w.bucket_s}"
-        )
-    if w.short_s > w.long_s:
-        raise ConfigError(
-            f"config key 'windows.short_s'={w.short_s} must not exceed 'windows.long_s'={w.long_s}"
+            f"config keys must satisfy windows.recent_s ({w.recent_s}) <= windows.short_s "
+            f"({w.short_s}) <= windows.long_s ({w.long_s})"
         )
     thresholds = {
         "rules.code_shared.min_accounts": cfg.rules.code_shared.min_accounts,

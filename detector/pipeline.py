@@ -121,8 +121,12 @@ class Pipeline:
         self.stats = Stats()
         w = cfg.windows
         self.keys = Keys(cfg.redis.key_prefix, w.bucket_s, w.long_s // w.bucket_s)
-        self.extractor = Extractor(self.keys, w.distinct_exact_cap, w.new_account_age_s)
-        self.reader = FeatureReader(self.keys, w.short_s, w.long_s)
+        self.extractor = Extractor(
+            self.keys, w.distinct_exact_cap, w.new_account_age_s, cfg.campaign_retention_s
+        )
+        self.reader = FeatureReader(
+            self.keys, w.recent_s, w.short_s, w.long_s, cfg.campaign_retention_s
+        )
         self.lifecycle = Lifecycle(cfg)
         self.rate_rule = CampaignRate()
         self._zone = ZoneInfo(w.time_zone)
@@ -165,8 +169,10 @@ class Pipeline:
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
-            for d in (self._max_ts, self._applied, self._assigned_at, self._last_data):
-                d.pop(p, None)  # type: ignore[attr-defined]
+            self._max_ts.pop(p, None)
+            self._applied.pop(p, None)
+            self._assigned_at.pop(p, None)
+            self._last_data.pop(p, None)
 
     def reload_progress(self) -> dict[int, int]:
         """After a store error or a conflict: what the store really holds for our partitions.
@@ -362,7 +368,13 @@ class Pipeline:
     def _mark_shared(self, f: Features, marks: Delta) -> None:
         ent = f.entity
         if ent.scope == "code" and ent.campaign is not None and f.accounts.get("long", 0) >= 2:
-            marks.seen(self.keys.campaign_shared(ent.campaign), ent.key, f.t, CAMPAIGN_CODES_CAP)
+            marks.seen(
+                self.keys.campaign_shared(ent.campaign),
+                ent.key,
+                f.t,
+                CAMPAIGN_CODES_CAP,
+                self.cfg.campaign_retention_s,
+            )
 
     def _decide(
         self,
@@ -489,7 +501,7 @@ class Pipeline:
         t_end = (b + 1) * k.bucket_s - 1e-6
         req = Read(fields=[(k.orders(b), [f"n{b}"])])
         for c in camps:
-            req.fields.append((k.campaign_counts(c, b), [f"n{b}", f"r{b}", f"q{b}"]))
+            req.fields.append((k.campaign_counts(c, b), [f"n{b}", f"q{b}", f"r{b}", f"x{b}"]))
         res = self.store.read(req)
         orders = res.fields[0][0]
         feats = {
@@ -505,7 +517,7 @@ class Pipeline:
         scores: dict[str, float] = {}
         observed: set[str] = set()
         for c, row in zip(camps, res.fields[1:], strict=True):
-            n, rsum, q = row
+            n, q, rsum, sq = row
             mdl = self._models[c]
             share = n / orders if orders > 0 else 0.0
             x = {"value": share, "t": t_local}
@@ -521,7 +533,7 @@ class Pipeline:
             )
             mdl.rate.learn_one(x)
             if q > 0:
-                mdl.ratio.learn_one({"value": rsum / q, "t": t_local})
+                mdl.ratio.learn_one({"value": rsum / q, "weight": q, "m2": sq / q, "t": t_local})
             finding = self.rate_rule.evaluate(obs, self.cfg)
             if finding is not None or episode_name("campaign_rate", c) in states:
                 observations.append((Target("campaign_rate", "campaign", c, c), finding, t_end))

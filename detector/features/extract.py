@@ -16,6 +16,8 @@ from detector.state.keys import Keys, standalone_campaign
 
 # Campaign code sets only need enough members to learn whether a campaign is personal.
 CAMPAIGN_CODES_CAP = 5000
+# A campaign's last redemptions, for spotting a discount change within a couple of orders.
+RECENT_RATIOS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +47,13 @@ def campaign_of(ev: Event) -> str | None:
 
 
 class Extractor:
-    def __init__(self, keys: Keys, distinct_cap: int, new_account_age_s: float) -> None:
+    def __init__(
+        self, keys: Keys, distinct_cap: int, new_account_age_s: float, campaign_ttl_s: float
+    ) -> None:
         self._k = keys
-        # Accounts, devices and IPs (all, and those of new accounts) share one set per code.
-        self._code_cap = 6 * distinct_cap
+        self._camp_ttl = campaign_ttl_s
+        # Accounts, devices and IPs share one set per code (and new accounts' ones another).
+        self._code_cap = 3 * distinct_cap
         self._cap = distinct_cap
         self._new_age = new_account_age_s
 
@@ -75,20 +80,26 @@ class Extractor:
             # New accounts get their own dimensions: a bot farm shows as many new accounts on
             # few devices even when it hides in a crowd of regular customers.
             delta.incr(k.code_counts(code, b), f"w{b}")
-            delta.seen(members, "A:" + ev.account_id, ts, self._code_cap)
+            fresh = k.code_new_distinct(code)
+            delta.seen(fresh, "A:" + ev.account_id, ts, self._code_cap)
             if ev.device_id is not None:
-                delta.seen(members, "D:" + ev.device_id, ts, self._code_cap)
+                delta.seen(fresh, "D:" + ev.device_id, ts, self._code_cap)
             if ev.ip is not None:
-                delta.seen(members, "I:" + ev.ip, ts, self._code_cap)
-        delta.seen(k.account_codes(ev.account_id), code, ts, self._cap)
+                delta.seen(fresh, "I:" + ev.ip, ts, self._code_cap)
+        # Per campaign: harvesting shows as many codes of one campaign on one account.
+        delta.seen(k.account_codes(ev.account_id), camp + "\x1f" + code, ts, self._cap)
         ck = k.campaign_counts(camp, b)
         delta.incr(ck, f"n{b}")
-        if ev.discount is not None:
+        if ev.discount is not None and ev.order_total:
+            ratio = ev.discount / ev.order_total
             delta.incr(ck, f"s{b}", ev.discount)
-            if ev.order_total:
-                delta.incr(ck, f"r{b}", ev.discount / ev.order_total)
-                delta.incr(ck, f"q{b}")
-        delta.seen(k.campaign_codes(camp), code, ts, CAMPAIGN_CODES_CAP)
+            delta.incr(ck, f"q{b}")
+            delta.incr(ck, f"r{b}", ratio)
+            delta.incr(ck, f"x{b}", ratio * ratio)
+            delta.seen(
+                k.campaign_ratios(camp), f"{ratio:.6f}\x1f{ev.event_id}", ts, RECENT_RATIOS
+            )
+        delta.seen(k.campaign_codes(camp), code, ts, CAMPAIGN_CODES_CAP, self._camp_ttl)
         if ev.campaign_id is not None:
             delta.incr(k.campaign_volume(b), camp)
         return [

@@ -1,4 +1,9 @@
-"""From state to features: the windowed figures rules look at, read in one round trip."""
+"""From state to features: the windowed figures rules look at, read in one round trip.
+
+Only what rules use is read: codes need their distinct sets (accounts, devices, IPs; those of new
+accounts over the short window), accounts their codes, campaigns their counters over the short
+window. Each window is then a filter on the same rows, so one read serves all three windows.
+"""
 
 from __future__ import annotations
 
@@ -9,127 +14,147 @@ from detector.features.extract import Entity
 from detector.state.base import Read, Store
 from detector.state.keys import Keys
 
-WINDOWS = ("short", "long")
+WINDOWS = ("recent", "short", "long")
+_CAMPAIGN_FIELDS = ("n", "s", "q")
 
 
 @dataclass(slots=True)
 class Features:
-    """Figures for one entity at event time ``t``; each dict maps a window name to a value."""
+    """Figures for one entity at event time ``t``; each dict maps a window name to a value.
+
+    Code and account figures exist for every window, campaign counters and new-account
+    figures for ``recent`` and ``short``.
+    """
 
     entity: Entity
     t: float
-    redemptions: dict[str, float] = field(default_factory=dict)
-    new_account_redemptions: dict[str, float] = field(default_factory=dict)
     accounts: dict[str, int] = field(default_factory=dict)
     devices: dict[str, int] = field(default_factory=dict)
     ips: dict[str, int] = field(default_factory=dict)
     new_accounts: dict[str, int] = field(default_factory=dict)
     new_devices: dict[str, int] = field(default_factory=dict)
     new_ips: dict[str, int] = field(default_factory=dict)
-    codes: dict[str, int] = field(default_factory=dict)
+    redemptions: dict[str, float] = field(default_factory=dict)
     discount_sum: dict[str, float] = field(default_factory=dict)
-    ratio_sum: dict[str, float] = field(default_factory=dict)
-    ratio_n: dict[str, float] = field(default_factory=dict)
-    # For codes: the code's campaign, over the long window.
+    discounted: dict[str, float] = field(default_factory=dict)
+    # Campaigns: discount/total of the last redemptions in the short window, newest first.
+    recent_ratios: list[float] = field(default_factory=list)
+    # Accounts: distinct codes of the campaign it redeemed most codes of, and that campaign.
+    codes: dict[str, int] = field(default_factory=dict)
+    top_campaign: dict[str, str | None] = field(default_factory=dict)
+    # Codes: their campaign's codes, and those with 2+ accounts, over the campaign memory.
     campaign_codes: int = 0
     campaign_shared_codes: int = 0
 
 
-_FIELDS = {"code": ("n", "w"), "campaign": ("n", "s", "r", "q"), "account": ()}
+@dataclass(slots=True)
+class _Plan:
+    f: Features
+    fields: list[tuple[int, list[int]]] = field(default_factory=list)
+    members: int = -1
+    new_members: int = -1
+    counts: int = -1
 
 
 class FeatureReader:
-    def __init__(self, keys: Keys, short_s: int, long_s: int) -> None:
+    def __init__(
+        self, keys: Keys, recent_s: int, short_s: int, long_s: int, campaign_memory_s: float
+    ) -> None:
         self._k = keys
-        self._w = {"short": short_s, "long": long_s}
-
-    def _buckets(self, t: float) -> list[int]:
-        last = self._k.bucket(t)
-        n = self._w["long"] // self._k.bucket_s
-        return list(range(last - n + 1, last + 1))
+        self._w = {"recent": recent_s, "short": short_s, "long": long_s}
+        self._camp_mem = campaign_memory_s
 
     def read(self, store: Store, targets: Sequence[tuple[Entity, float]]) -> list[Features]:
         k = self._k
         req = Read()
-        plan: list[tuple[Features, list[tuple[int, str, list[int]]], int, int]] = []
+        plans = []
         for ent, t in targets:
-            f = Features(ent, t)
-            since = t - self._w["long"]
-            segs: list[tuple[int, str, list[int]]] = []
-            names = _FIELDS.get(ent.scope, ())
-            if names:
+            pl = _Plan(Features(ent, t))
+            if ent.scope == "code":
+                pl.members = len(req.members)
+                req.members.append((k.code_distinct(ent.key), t - self._w["long"]))
+                pl.new_members = len(req.members)
+                req.members.append((k.code_new_distinct(ent.key), t - self._w["short"]))
+                if ent.campaign is not None:
+                    pl.counts = len(req.counts)
+                    remembered = t - self._camp_mem
+                    req.counts.append((k.campaign_codes(ent.campaign), remembered))
+                    req.counts.append((k.campaign_shared(ent.campaign), remembered))
+            elif ent.scope == "account":
+                pl.members = len(req.members)
+                req.members.append((k.account_codes(ent.key), t - self._w["long"]))
+            elif ent.scope == "campaign":
+                pl.members = len(req.members)
+                req.members.append((k.campaign_ratios(ent.key), t - self._w["short"]))
+                last = k.bucket(t)
                 by_seg: dict[int, list[int]] = {}
-                for b in self._buckets(t):
+                for b in range(last - self._w["short"] // k.bucket_s + 1, last + 1):
                     by_seg.setdefault(k.seg(b), []).append(b)
                 for buckets in by_seg.values():
-                    b0 = buckets[0]
-                    key = (
-                        k.code_counts(ent.key, b0)
-                        if ent.scope == "code"
-                        else k.campaign_counts(ent.key, b0)
-                    )
-                    segs.append((len(req.fields), key, buckets))
-                    req.fields.append((key, [f"{n}{b}" for n in names for b in buckets]))
-            mi = ci = -1
-            if ent.scope == "code":
-                mi = len(req.members)
-                req.members.append((k.code_distinct(ent.key), since))
-                if ent.campaign is not None:
-                    ci = len(req.counts)
-                    req.counts.append((k.campaign_codes(ent.campaign), since))
-                    req.counts.append((k.campaign_shared(ent.campaign), since))
-            elif ent.scope == "account":
-                mi = len(req.members)
-                req.members.append((k.account_codes(ent.key), since))
-            plan.append((f, segs, mi, ci))
+                    pl.fields.append((len(req.fields), buckets))
+                    names = [f"{n}{b}" for n in _CAMPAIGN_FIELDS for b in buckets]
+                    req.fields.append((k.campaign_counts(ent.key, buckets[0]), names))
+            plans.append(pl)
         res = store.read(req)
-        out = []
-        for f, segs, mi, ci in plan:
-            self._fill(f, segs, res.fields, mi, res.members, ci, res.counts)
-            out.append(f)
-        return out
+        for pl in plans:
+            f = pl.f
+            if pl.members >= 0 and f.entity.scope == "code":
+                self._dims(f, res.members[pl.members], ("a", "d", "i"), WINDOWS)
+                self._dims(f, res.members[pl.new_members], ("A", "D", "I"), WINDOWS[:2])
+            elif pl.members >= 0 and f.entity.scope == "account":
+                self._codes(f, res.members[pl.members])
+            elif pl.members >= 0:
+                rows = sorted(res.members[pl.members], key=lambda r: (-r[1], r[0]))
+                f.recent_ratios = [float(m.split("\x1f", 1)[0]) for m, _ in rows]
+            if pl.counts >= 0:
+                f.campaign_codes = res.counts[pl.counts]
+                f.campaign_shared_codes = res.counts[pl.counts + 1]
+            if pl.fields:
+                self._counters(f, [(res.fields[i], b) for i, b in pl.fields])
+        return [pl.f for pl in plans]
 
-    def _fill(
+    def _dims(
         self,
         f: Features,
-        segs: list[tuple[int, str, list[int]]],
-        fields: list[list[float]],
-        mi: int,
-        members: list[list[tuple[str, float]]],
-        ci: int,
-        counts: list[int],
+        rows: list[tuple[str, float]],
+        dims: tuple[str, str, str],
+        windows: Sequence[str],
     ) -> None:
-        names = _FIELDS.get(f.entity.scope, ())
-        bucket_s = self._k.bucket_s
+        new = dims[0] == "A"
+        out = (
+            (f.new_accounts, f.new_devices, f.new_ips) if new else (f.accounts, f.devices, f.ips)
+        )
+        for w in windows:
+            since = f.t - self._w[w]
+            n = dict.fromkeys(dims, 0)
+            for m, ts in rows:
+                if ts > since:
+                    n[m[0]] = n.get(m[0], 0) + 1
+            for target, d in zip(out, dims, strict=True):
+                target[w] = n[d]
+
+    def _codes(self, f: Features, rows: list[tuple[str, float]]) -> None:
         for w in WINDOWS:
-            first = self._k.bucket(f.t) - self._w[w] // bucket_s + 1
-            sums = dict.fromkeys(names, 0.0)
-            for idx, _key, buckets in segs:
-                row = fields[idx]
+            since = f.t - self._w[w]
+            per: dict[str, int] = {}
+            for m, ts in rows:
+                if ts > since:
+                    camp = m.split("\x1f", 1)[0]
+                    per[camp] = per.get(camp, 0) + 1
+            top = max(per, key=lambda c: (per[c], c)) if per else None
+            f.codes[w] = per[top] if top is not None else 0
+            f.top_campaign[w] = top
+
+    def _counters(self, f: Features, rows: list[tuple[list[float], list[int]]]) -> None:
+        bucket_s = self._k.bucket_s
+        last = self._k.bucket(f.t)
+        for w in WINDOWS[:2]:
+            first = last - self._w[w] // bucket_s + 1
+            sums = [0.0, 0.0, 0.0]
+            for values, buckets in rows:
                 nb = len(buckets)
-                for j, n in enumerate(names):
-                    vals = row[j * nb : (j + 1) * nb]
-                    sums[n] += sum(v for b, v in zip(buckets, vals, strict=True) if b >= first)
-            if f.entity.scope == "code":
-                f.redemptions[w] = sums["n"]
-                f.new_account_redemptions[w] = sums["w"]
-            elif f.entity.scope == "campaign":
-                f.redemptions[w] = sums["n"]
-                f.discount_sum[w] = sums["s"]
-                f.ratio_sum[w] = sums["r"]
-                f.ratio_n[w] = sums["q"]
-            if mi >= 0:
-                since = f.t - self._w[w]
-                live = [m for m, ts in members[mi] if ts > since]
-                if f.entity.scope == "code":
-                    dims = {"a": 0, "d": 0, "i": 0, "A": 0, "D": 0, "I": 0}
-                    for m in live:
-                        dims[m[0]] = dims.get(m[0], 0) + 1
-                    f.accounts[w], f.devices[w], f.ips[w] = dims["a"], dims["d"], dims["i"]
-                    f.new_accounts[w] = dims["A"]
-                    f.new_devices[w], f.new_ips[w] = dims["D"], dims["I"]
-                else:
-                    f.codes[w] = len(live)
-        if ci >= 0:
-            f.campaign_codes = counts[ci]
-            f.campaign_shared_codes = counts[ci + 1]
+                for j in range(3):
+                    for b, v in zip(buckets, values[j * nb : (j + 1) * nb], strict=True):
+                        if b >= first:
+                            sums[j] += v
+            f.redemptions[w], f.discount_sum[w], f.discounted[w] = sums

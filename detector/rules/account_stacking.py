@@ -19,14 +19,15 @@ class AccountStacking:
         if codes < cfg.min_codes:
             return None
         win = window_label(ctx.cfg.windows.seconds(cfg.window))
+        camp = f.top_campaign[cfg.window]
         return Finding(
             rule=self.name,
             scope="account",
             key=f.entity.key,
-            campaign=None,
+            campaign=camp,
             severity=cfg.severity,
             value=float(codes),
             threshold=float(cfg.min_codes),
-            summary=f"account {f.entity.key} redeemed {codes} distinct promo codes in {win}; "
-            f"likely harvested codes: hold its orders and review.",
+            summary=f"account {f.entity.key} redeemed {codes} distinct codes of campaign {camp} "
+            f"in {win}; likely harvested personal codes: hold its orders and review.",
         )

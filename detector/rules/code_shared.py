@@ -31,10 +31,12 @@ class CodeShared:
             norm = f"campaign {camp}'s other codes have 1 account each ({codes} codes seen)"
         else:
             norm = f"campaign {camp} is declared personal: 1 account per code"
-        accounts = f.accounts[cfg.window]
-        if accounts < cfg.min_accounts:
+        w = cfg.window
+        accounts = f.accounts[w]
+        households = min(accounts, f.devices[w], f.ips[w])
+        if accounts < cfg.min_accounts and not (cfg.second_household and households >= 2):
             return None
-        win = window_label(ctx.cfg.windows.seconds(cfg.window))
+        win = window_label(ctx.cfg.windows.seconds(w))
         return Finding(
             rule=self.name,
             scope="code",
@@ -43,6 +45,6 @@ class CodeShared:
             severity=cfg.severity,
             value=float(accounts),
             threshold=float(cfg.min_accounts),
-            summary=f"personal code {code} used by {accounts} accounts in {win}; {norm}. "
-            f"Likely leaked: suspend the code.",
+            summary=f"personal code {code} used by {accounts} accounts ({f.devices[w]} devices, "
+            f"{f.ips[w]} IPs) in {win}; {norm}. Likely leaked: suspend the code.",
         )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 from detector.config import DiscountAnomalyRule
 from detector.features.view import Features
-from detector.rules.base import Finding, RuleContext, window_label
+from detector.rules.base import Finding, RuleContext
 
 
 class DiscountAnomaly:
@@ -16,31 +18,47 @@ class DiscountAnomaly:
         cfg: DiscountAnomalyRule = ctx.cfg.rule_for(self.name, camp)
         if not cfg.enabled:
             return None
-        n = f.ratio_n[cfg.window]
-        if n < cfg.min_redemptions:
-            return None
-        mean = f.ratio_sum[cfg.window] / n
+        recent = f.recent_ratios
         model = ctx.ratio_baseline(camp)
-        norm: float | None = None
         if model is not None and model.warmed_up:
-            norm = model.expected()
-        line = cfg.absolute_ratio
-        if norm is not None:
-            line = min(line, max(norm * cfg.min_factor, cfg.min_ratio))
-        if mean < line:
+            mean, std = model.expected(), model.std()
+            norm = f"its norm is {mean:.0%} (sd {std:.0%})"
+            hit = _first_hit(recent, cfg, mean, std)
+        else:
+            norm = "no norm learned yet"
+            j = cfg.min_redemptions + 1
+            hit = None
+            if len(recent) >= j and min(recent[:j]) >= cfg.absolute_ratio:
+                hit = (j, sum(recent[:j]) / j, cfg.absolute_ratio)
+        if hit is None:
             return None
-        win = window_label(ctx.cfg.windows.seconds(cfg.window))
-        spent = f.discount_sum[cfg.window]
-        was = f"its norm is {norm:.0%}" if norm is not None else "no norm learned yet"
+        j, ratio, line = hit
+        given = f.discount_sum.get("short", 0.0)
         return Finding(
             rule=self.name,
             scope="campaign",
             key=camp,
             campaign=camp,
             severity=cfg.severity,
-            value=round(mean, 4),
+            value=round(ratio, 4),
             threshold=round(line, 4),
-            summary=f"campaign {camp}: discounts average {mean:.0%} of order value over "
-            f"{n:.0f} orders in {win} ({spent:,.0f} spent); {was}. Check the campaign's "
+            summary=f"campaign {camp}: its last {j} orders got discounts of {ratio:.0%} of their "
+            f"value on average; {norm}; {given:,.0f} given in 10 min. Check the campaign's "
             f"discount setting.",
         )
+
+
+def _first_hit(
+    recent: list[float], cfg: DiscountAnomalyRule, mean: float, std: float
+) -> tuple[int, float, float] | None:
+    """The shortest run of latest orders whose mean ratio clears every line."""
+    total = 0.0
+    base = max(mean * cfg.min_factor, cfg.min_ratio)
+    for j, r in enumerate(recent, start=1):
+        total += r
+        if j < cfg.min_redemptions:
+            continue
+        line = min(max(base, mean + cfg.min_sigmas * std / math.sqrt(j)), 1.0)
+        if total / j >= line:
+            return j, total / j, line
+    return None

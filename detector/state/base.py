@@ -26,17 +26,21 @@ class Delta:
     counters: dict[tuple[str, str], float] = field(default_factory=dict)
     distinct: dict[str, dict[str, float]] = field(default_factory=dict)
     caps: dict[str, int] = field(default_factory=dict)
+    # Distinct sets that live longer than the store's default retention.
+    ttls: dict[str, float] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
 
     def incr(self, key: str, fld: str, by: float = 1.0) -> None:
         k = (key, fld)
         self.counters[k] = self.counters.get(k, 0.0) + by
 
-    def seen(self, key: str, member: str, ts: float, cap: int) -> None:
+    def seen(self, key: str, member: str, ts: float, cap: int, ttl: float | None = None) -> None:
         members = self.distinct.get(key)
         if members is None:
             members = self.distinct[key] = {}
             self.caps[key] = cap
+            if ttl is not None:
+                self.ttls[key] = ttl
         if members.get(member, -1.0) < ts:
             members[member] = ts
 

@@ -7,12 +7,14 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 
 | key | type | content | TTL |
 |---|---|---|---|
-| ``k:{code}:{seg}`` | hash | per bucket: ``n{b}`` redemptions, ``w{b}`` by new accounts | retention |
-| ``u:{code}`` | zset | ``a:{account}``, ``d:{device}``, ``i:{ip}`` -> last event time | retention |
-| ``a:{account}`` | zset | promo codes redeemed -> last event time | retention |
-| ``g:{campaign}:{seg}`` | hash | per bucket: ``n{b}`` redemptions, ``s{b}`` discount sum, ``r{b}`` sum of discount/total, ``q{b}`` events with a total | retention |
-| ``gc:{campaign}`` | zset | codes redeemed -> last event time | retention |
-| ``gm:{campaign}`` | zset | codes with 2+ distinct accounts -> last event time | retention |
+| ``k:{code}:{seg}`` | hash | per bucket: ``n{b}`` redemptions, ``w{b}`` by new accounts (reports) | retention |
+| ``u:{code}`` | zset | ``a:{account}``, ``d:{device}``, ``i:{ip}`` -> last event time (capped) | retention |
+| ``v:{code}`` | zset | the same for new accounts only: ``A:``, ``D:``, ``I:`` (capped) | retention |
+| ``a:{account}`` | zset | ``{campaign}\x1f{code}`` redeemed -> last event time | retention |
+| ``g:{campaign}:{seg}`` | hash | per bucket: ``n{b}`` redemptions; over those with a discount and a total: ``s{b}`` discount sum, ``q{b}`` count, ``r{b}`` sum and ``x{b}`` sum of squares of discount/total | retention |
+| ``dr:{campaign}`` | zset | the last few redemptions' ``{discount/total}\x1f{event_id}`` -> event time | retention |
+| ``gc:{campaign}`` | zset | codes redeemed -> last event time (capped) | campaign memory |
+| ``gm:{campaign}`` | zset | codes with 2+ distinct accounts -> last event time (capped) | campaign memory |
 | ``o:{seg}`` | hash | ``n{b}`` all orders, with or without a code | retention |
 | ``cv:{seg}`` | zset | campaign -> redemptions in the segment (top campaigns for models) | retention |
 | ``e:{event_id}`` | string | position that claimed the event (dedupe) | dedupe horizon |
@@ -54,6 +56,9 @@ class Keys:
     def code_distinct(self, code: str) -> str:
         return f"{self.prefix}u:{code}"
 
+    def code_new_distinct(self, code: str) -> str:
+        return f"{self.prefix}v:{code}"
+
     def account_codes(self, account: str) -> str:
         return f"{self.prefix}a:{account}"
 
@@ -62,6 +67,9 @@ class Keys:
 
     def campaign_codes(self, campaign: str) -> str:
         return f"{self.prefix}gc:{campaign}"
+
+    def campaign_ratios(self, campaign: str) -> str:
+        return f"{self.prefix}dr:{campaign}"
 
     def campaign_shared(self, campaign: str) -> str:
         return f"{self.prefix}gm:{campaign}"

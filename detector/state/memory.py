@@ -89,14 +89,16 @@ class MemoryStore:
                 if z.get(m, -1.0) < ts:
                     z[m] = ts
                 latest = max(latest, ts)
-            floor = latest - self._ttl
+            ttl = delta.ttls.get(key, self._ttl)
+            floor = latest - ttl
             for m in [m for m, ts in z.items() if ts < floor]:
                 del z[m]
             cap = delta.caps[key]
             if len(z) > cap:
                 for m in heapq.nsmallest(len(z) - cap, z, key=z.__getitem__):
                     del z[m]
-            self._touched[key] = max(self._touched.get(key, 0.0), latest)
+            # Expiry is by last write: a longer-lived set counts as written later.
+            self._touched[key] = max(self._touched.get(key, 0.0), latest + ttl - self._ttl)
             now = max(now, latest)
         return now
 

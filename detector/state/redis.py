@@ -111,6 +111,14 @@ def _num(v: bytes | None) -> float:
     return float(v) if v is not None else 0.0
 
 
+def _str(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _bytes(v: bytes | str) -> bytes:
+    return v if isinstance(v, bytes) else v.encode()
+
+
 class RedisStore:
     def __init__(
         self, client: redis.Redis, keys: Keys, ttl_s: float, observe: Observer | None = None
@@ -203,10 +211,11 @@ class RedisStore:
         for key in hashes:
             pipe.expire(key, ttl)
         for key, members in delta.distinct.items():
-            pipe.zadd(key, members, gt=True)  # type: ignore[arg-type]
-            pipe.zremrangebyscore(key, "-inf", f"({max(members.values()) - ttl}")
+            key_ttl = int(delta.ttls.get(key, ttl))
+            pipe.zadd(key, members, gt=True)
+            pipe.zremrangebyscore(key, "-inf", f"({max(members.values()) - key_ttl}")
             pipe.zremrangebyrank(key, 0, -delta.caps[key] - 1)
-            pipe.expire(key, ttl)
+            pipe.expire(key, key_ttl)
         if delta.dirty:
             pipe.sadd(self._keys.dirty, *delta.dirty)
 
@@ -248,11 +257,11 @@ class RedisStore:
 
     def dirty(self) -> set[str]:
         with self._op("dirty"):
-            return {m.decode() for m in self._r.smembers(self._keys.dirty)}
+            return {_str(m) for m in self._r.smembers(self._keys.dirty)}
 
     def alert_states(self) -> dict[str, bytes]:
         with self._op("alert_states"):
-            return {k.decode(): v for k, v in self._r.hgetall(self._keys.alerts).items()}
+            return {_str(k): _bytes(v) for k, v in self._r.hgetall(self._keys.alerts).items()}
 
     def commit(self, c: Commit) -> list[bool]:
         k = self._keys
@@ -277,7 +286,7 @@ class RedisStore:
     def outbox(self) -> list[tuple[str, bytes]]:
         with self._op("outbox"):
             items = self._r.hgetall(self._keys.outbox)
-        return sorted((k.decode(), v) for k, v in items.items())
+        return sorted((_str(k), _bytes(v)) for k, v in items.items())
 
     def ack_outbox(self, ids: Sequence[str]) -> None:
         if ids:
@@ -289,7 +298,7 @@ class RedisStore:
             return {}
         with self._op("snapshots"):
             vals = self._r.hmget(self._keys.models, list(names))
-        return {n: v for n, v in zip(names, vals, strict=True) if v is not None}
+        return {n: _bytes(v) for n, v in zip(names, vals, strict=True) if v is not None}
 
     def try_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         with self._op("lease"):
