@@ -200,7 +200,7 @@ def run(cfg: Config, cfg_path: str | None) -> int:
     try:
         for batch in source.batches():
             try:
-                offsets = pipe.process(batch)
+                offsets = pipe.process(batch, source.caught_up)
             except StaleProgress as e:
                 log.warning("partitions moved to another writer; resyncing", detail=str(e))
                 source.seek(_retry_store(store, metrics, pipe.reload_progress))

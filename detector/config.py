@@ -51,7 +51,8 @@ class KafkaConfig(_Frozen):
     ssl_check_hostname: bool = True
     max_poll_records: int = Field(default=2000, ge=1, le=100_000)
     fetch_max_bytes: int = Field(default=52_428_800, ge=1024)
-    max_partition_fetch_bytes: int = Field(default=4_194_304, ge=1024)
+    # Kafka's default; smaller fetches interleave partitions more finely (less to align).
+    max_partition_fetch_bytes: int = Field(default=1_048_576, ge=1024)
     poll_timeout_ms: int = Field(default=500, ge=1)
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=3000, ge=100)
@@ -82,6 +83,9 @@ class EventsConfig(_Frozen):
     dedupe_horizon_s: float | None = Field(default=None, gt=0)
     # A partition with no data for this long does not hold the watermark back (run only).
     idle_partition_s: float = Field(default=30.0, gt=0)
+    # Records held to merge partitions in event-time order (run only); past this many they are
+    # released anyway, so memory stays bounded when one partition lags far behind.
+    align_buffer_records: int = Field(default=50_000, ge=1000)
     # Wall-clock idleness after which `run` advances the watermark with the wall clock.
     idle_advance_s: float = Field(default=10.0, gt=0)
 

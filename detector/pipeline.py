@@ -36,7 +36,8 @@ from detector.events.parse import BadEvent, Event, parse
 from detector.features.extract import CAMPAIGN_CODES_CAP, Entity, Extractor
 from detector.features.view import FeatureReader, Features
 from detector.metrics import Metrics
-from detector.models import RateModel, RatioBaseline
+from detector.models.discount import DiscountBaseline
+from detector.models.rate import RateModel
 from detector.rules import EVENT_RULES, CampaignRate, Finding, RateObservation, RuleContext
 from detector.sinks.base import AlertSink, DeadLetterSink
 from detector.sources.base import Record
@@ -90,7 +91,7 @@ class _RateLimitedLog:
 class _CampaignModels:
     __slots__ = ("rate", "ratio")
 
-    def __init__(self, rate: RateModel, ratio: RatioBaseline) -> None:
+    def __init__(self, rate: RateModel, ratio: DiscountBaseline) -> None:
         self.rate = rate
         self.ratio = ratio
 
@@ -140,6 +141,10 @@ class Pipeline:
         self._last_event_wall = wall()
         self._wm = -math.inf
         self._last_closed: int | None = None
+        # Alignment buffers: parsed records per partition, not yet applied.
+        self._buf: dict[int, deque[tuple[Record, Event | None]]] = {}
+        self._buffered_to: dict[int, int] = {}
+        self._frontier: dict[int, float] = {}
         self._models: dict[str, _CampaignModels] = {}
         self._leader = False
 
@@ -171,6 +176,9 @@ class Pipeline:
         for p in partitions:
             self._max_ts.pop(p, None)
             self._applied.pop(p, None)
+            self._buf.pop(p, None)
+            self._buffered_to.pop(p, None)
+            self._frontier.pop(p, None)
             self._assigned_at.pop(p, None)
             self._last_data.pop(p, None)
 
@@ -181,6 +189,7 @@ class Pipeline:
         over; the caller rewinds the source to these offsets and drops its in-flight batch.
         """
         parts = sorted(set(self._assigned_at) | set(self._applied))
+        self.drop_buffers()
         prog = self.store.progress(self.source, parts)
         self._applied = dict(prog.offsets)
         for p, ts in prog.max_ts.items():
@@ -221,16 +230,24 @@ class Pipeline:
 
     # -- batches -------------------------------------------------------------------------------
 
-    def process(self, records: Sequence[Record]) -> dict[int, int]:
-        """Process one batch; returns the next offset per partition that state now covers."""
+    def process(
+        self, records: Sequence[Record], caught_up: Callable[[int], bool] | None = None
+    ) -> dict[int, int]:
+        """Process one batch; returns the next offset per partition that state now covers.
+
+        Records are buffered per partition and released in event-time order across partitions
+        (a partition read far ahead waits for the others), up to the oldest frontier among the
+        partitions that still have data to deliver. ``caught_up(p)`` tells whether partition
+        ``p`` has nothing more to fetch right now; without it every partition is caught up.
+        """
         t0 = time.perf_counter()
         wall_now = self.wall()
         ev_cfg = self.cfg.events
-        per_part: dict[int, deque[tuple[Record, Event | None]]] = {}
         bad = 0
         for r in records:
-            if r.offset < self._applied.get(r.partition, -1):
-                continue  # already applied (a redelivery after a store error or rebalance)
+            p = r.partition
+            if r.offset < max(self._applied.get(p, -1), self._buffered_to.get(p, -1)):
+                continue  # already applied or buffered (a redelivery after a rewind)
             res = parse(
                 r.value,
                 now=wall_now,
@@ -241,19 +258,48 @@ class Pipeline:
                 self.dlq.send(r, res.reason, res.detail)
                 self._count_bad(r, res)
                 bad += 1
-                per_part.setdefault(r.partition, deque()).append((r, None))
+                self._buf.setdefault(p, deque()).append((r, None))
             else:
-                per_part.setdefault(r.partition, deque()).append((r, res))
-            self._last_data[r.partition] = wall_now
+                self._buf.setdefault(p, deque()).append((r, res))
+                if res.ts > self._frontier.get(p, -math.inf):
+                    self._frontier[p] = res.ts
+            self._buffered_to[p] = r.offset + 1
+            self._last_data[p] = wall_now
         self.stats.records += len(records)
         if bad:
             self.dlq.flush()  # durable before the offsets that skip them are stored
-        for items, offsets in self._slices(per_part):
+        for items, offsets in self._slices(self._release_limit(caught_up)):
             self._apply_slice(items, offsets)
+            # Close buckets between slices, so models and re-checks run in event-time order.
+            self.tick()
         if records:
             self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self.tick()
-        return {p: o for p, o in self._applied.items()}
+        return dict(self._applied)
+
+    def _release_limit(self, caught_up: Callable[[int], bool] | None) -> float:
+        """Event time below which buffered records may go.
+
+        A partition with more to fetch will bring events from its frontier (the newest it has
+        delivered) on: records older than the slowest such frontier are safe to release, so the
+        buffers hold only the skew between partitions. A caught-up partition holds nothing back.
+        """
+        if caught_up is None:
+            return math.inf
+        if sum(len(q) for q in self._buf.values()) > self.cfg.events.align_buffer_records:
+            # Memory first: past this, release everything (a lagging partition's events may
+            # then arrive late, and are counted so).
+            return math.inf
+        holding = [
+            self._frontier.get(p, -math.inf) for p in self._assigned_at if not caught_up(p)
+        ]
+        return min(holding) if holding else math.inf
+
+    def drop_buffers(self) -> None:
+        """Forget buffered records (the source is being rewound to the store's offsets)."""
+        self._buf.clear()
+        self._buffered_to.clear()
+        self._frontier = {p: ts for p, ts in self._max_ts.items()}
 
     def _count_bad(self, r: Record, b: BadEvent) -> None:
         self.metrics.events.labels("dead_letter").inc()
@@ -262,25 +308,35 @@ class Pipeline:
         self._badlog.bad(r, b.reason, b.detail)
 
     def _slices(
-        self, per_part: dict[int, deque[tuple[Record, Event | None]]]
+        self, limit: float
     ) -> Iterable[tuple[list[tuple[Record, Event | None]], dict[int, int]]]:
-        """Cut partitions into slices of one event-time bucket, each a prefix of every partition."""
+        """Cut buffers into slices of one event-time bucket, each a prefix of every partition.
+
+        Dead-lettered records have no time: they go with the prefix they sit in.
+        """
         bucket_s = self.cfg.windows.bucket_s
-        while any(per_part.values()):
-            heads = [
-                next((ev.ts for _, ev in q if ev is not None), math.inf) for q in per_part.values()
-            ]
-            first = min(heads)
-            end = (math.floor(first / bucket_s) + 1) * bucket_s if first != math.inf else math.inf
+        while True:
+            queues = [q for q in self._buf.values() if q]
+            if not queues:
+                return
+            first = min(next((ev.ts for _, ev in q if ev is not None), math.inf) for q in queues)
+            if first == math.inf:
+                end = math.inf
+            elif first >= limit:
+                end = -math.inf
+            else:
+                end = min((math.floor(first / bucket_s) + 1) * bucket_s, limit)
             items: list[tuple[Record, Event | None]] = []
             offsets: dict[int, int] = {}
-            for p, q in per_part.items():
+            for p, q in self._buf.items():
                 while q and len(items) < _MAX_SLICE:
                     r, ev = q[0]
                     if ev is not None and ev.ts >= end:
                         break
                     items.append(q.popleft())
                     offsets[p] = r.offset + 1
+            if not items:
+                return
             yield items, offsets
 
     def _apply_slice(
@@ -311,7 +367,7 @@ class Pipeline:
             for ent in self.extractor.add(delta, ev):
                 if ev.ts > touched.get(ent, -math.inf):
                     touched[ent] = ev.ts
-        delta.dirty = {e.encode() for e in touched}
+        delta.dirty = {e.encode(t) for e, t in touched.items()}
         maxes = {p: self._max_ts[p] for p in offsets if p in self._max_ts}
         expected = {p: self._applied.get(p) for p in offsets}
         self.store.apply(delta, Progress(src, offsets, maxes, expected))
@@ -336,16 +392,17 @@ class Pipeline:
 
     # -- rules and alerts ----------------------------------------------------------------------
 
-    def _evaluate(self, touched: dict[Entity, float], extra: Sequence[Target] = ()) -> None:
-        """Run the event rules on touched entities (and re-check ``extra`` firing targets)."""
+    def _evaluate(
+        self, touched: dict[Entity, float], extra: Sequence[Target] = (), at: float = 0.0
+    ) -> None:
+        """Run the event rules on touched entities (and on ``extra`` targets at time ``at``)."""
         targets = list(touched.items())
         seen = set(touched)
-        t_now = self.now() if extra else 0.0
         for tg in extra:
             ent = Entity(tg.scope, tg.key, tg.campaign)
             if ent not in seen:
                 seen.add(ent)
-                targets.append((ent, t_now))
+                targets.append((ent, at))
         if not targets:
             return
         feats = self.reader.read(self.store, targets)
@@ -363,7 +420,9 @@ class Pipeline:
                     (Target(rule.name, ent.scope, ent.key, ent.campaign), finding, f.t)
                 )
             self._mark_shared(f, marks)
-        self._decide(states, observations, marks, clean={e.encode() for e in touched})
+        now = max(t for _, t in targets)
+        clean = {e.encode(t) for e, t in touched.items()}
+        self._decide(states, observations, now, marks, clean=clean)
 
     def _mark_shared(self, f: Features, marks: Delta) -> None:
         ent = f.entity
@@ -380,11 +439,12 @@ class Pipeline:
         self,
         states: dict[str, bytes],
         observations: list[tuple[Target, Finding | None, float]],
+        now: float,
         marks: Delta | None = None,
         clean: set[str] | None = None,
         snapshots: dict[str, bytes] | None = None,
     ) -> None:
-        d = self.lifecycle.decide(states, observations, self.now())
+        d = self.lifecycle.decide(states, observations, now)
         for rule, reason in d.suppressed:
             self.metrics.suppressed.labels(rule, reason).inc()
         if not d.changes and not (marks and len(marks)) and not clean and not snapshots:
@@ -425,10 +485,13 @@ class Pipeline:
     def recover(self) -> None:
         """At start: deliver an outbox left by a crash, evaluate entities left dirty."""
         self.deliver()
-        pending = [e for e in map(Entity.decode, self.store.dirty()) if e is not None]
+        pending: dict[Entity, float] = {}
+        for decoded in map(Entity.decode, self.store.dirty()):
+            if decoded is not None:
+                ent, at = decoded
+                pending[ent] = max(at, pending.get(ent, at))
         if pending:
-            t = self.now() if self._max_ts else self.wall()
-            self._evaluate(dict.fromkeys(pending, t))
+            self._evaluate(pending)
 
     # -- closed buckets: models and resolution --------------------------------------------------
 
@@ -446,13 +509,14 @@ class Pipeline:
             return
         self._leader = self.store.try_lease(MODELS_LEASE, self.owner, self.cfg.models.lease_ttl_s)
         first = max(self._last_closed + 1, target - self.cfg.windows.long_s // bucket_s + 1)
-        if self._leader:
-            for b in range(first, target + 1):
-                self._close_bucket(b)
-        else:
+        if not self._leader:
             self._models.clear()  # read fresh snapshots from the owner next time
+        for b in range(first, target + 1):
+            if self._leader:
+                self._close_bucket(b)
+            # At each bucket's end, not "now": both replay and run check at the same times.
+            self._recheck_firing((b + 1) * bucket_s - 1e-3)
         self._last_closed = target
-        self._recheck_firing()
 
     def _load_clock(self, target: int) -> int:
         snap = self.store.snapshots([CLOCK_SNAPSHOT]).get(CLOCK_SNAPSHOT)
@@ -483,15 +547,15 @@ class Pipeline:
             rate_b, ratio_b = snaps.get(f"rate:{c}"), snaps.get(f"ratio:{c}")
             self._models[c] = _CampaignModels(
                 RateModel.restore(rate_b) if rate_b else RateModel(),
-                RatioBaseline.restore(ratio_b) if ratio_b else RatioBaseline(),
+                DiscountBaseline.restore(ratio_b) if ratio_b else DiscountBaseline(),
             )
 
-    def _ratio_baseline(self, campaign: str) -> RatioBaseline | None:
+    def _ratio_baseline(self, campaign: str) -> DiscountBaseline | None:
         if campaign not in self._models:
             snap = self.store.snapshots([f"ratio:{campaign}"]).get(f"ratio:{campaign}")
             if snap is None:
                 return None
-            self._models[campaign] = _CampaignModels(RateModel(), RatioBaseline.restore(snap))
+            self._models[campaign] = _CampaignModels(RateModel(), DiscountBaseline.restore(snap))
         return self._models[campaign].ratio
 
     def _close_bucket(self, b: int) -> None:
@@ -547,7 +611,7 @@ class Pipeline:
                 # No longer modelled (fell out of the top campaigns): its condition cannot hold.
                 observations.append((Target(ep.rule, ep.scope, ep.key, ep.campaign), None, t_end))
         self._export_scores(scores)
-        self._decide(states, observations, snapshots=snapshots)
+        self._decide(states, observations, t_end, snapshots=snapshots)
 
     def _export_scores(self, scores: dict[str, float]) -> None:
         g = self.metrics.model_score
@@ -560,8 +624,8 @@ class Pipeline:
         if rest:
             g.labels("other").set(max(rest))
 
-    def _recheck_firing(self) -> None:
-        """Re-evaluate open episodes with no new events, so that they clear and resolve."""
+    def _recheck_firing(self, at: float) -> None:
+        """Re-evaluate open episodes at event time ``at``, so that they clear and resolve."""
         states = self.store.alert_states()
         targets = []
         for raw in states.values():
@@ -570,9 +634,9 @@ class Pipeline:
                 continue  # evaluated per closed bucket / by the lifecycle itself
             targets.append(Target(ep.rule, ep.scope, ep.key, ep.campaign))
         if targets:
-            self._evaluate({}, targets)
+            self._evaluate({}, targets, at)
         elif any(Episode.decode(r).rule == CAP_RULE for r in states.values()):
-            self._decide(states, [])
+            self._decide(states, [], at)
 
     def close(self) -> None:
         if self._leader:

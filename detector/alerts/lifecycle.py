@@ -119,9 +119,14 @@ class Lifecycle:
             record: bytes | None = None
             if finding is not None:
                 if cur is not None and cur.status == "firing":
-                    if cur.cleared_at is None:
-                        continue
-                    new = replace(cur, last_true=t, cleared_at=None)
+                    # Observations can arrive slightly out of time order (a re-check at a
+                    # bucket's end runs after that bucket's events): time decides, not order.
+                    if cur.cleared_at is None or t < cur.cleared_at:
+                        if t <= cur.last_true:
+                            continue
+                        new = replace(cur, last_true=t)
+                    else:
+                        new = replace(cur, last_true=t, cleared_at=None)
                 elif cur is not None and t - (cur.resolved_at or t) < cfg.cooldown_s:
                     out.suppressed.append((target.rule, "cooldown"))
                     continue
@@ -139,6 +144,8 @@ class Lifecycle:
             elif cur is None:
                 continue
             elif cur.status == "firing":
+                if t <= cur.last_true:
+                    continue  # a stale "clear": the condition held later than this
                 if cur.cleared_at is None:
                     new = replace(cur, cleared_at=t)
                 elif t - cur.cleared_at >= cfg.resolve_after_s:

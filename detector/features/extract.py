@@ -28,16 +28,19 @@ class Entity:
     key: str
     campaign: str | None
 
-    def encode(self) -> str:
-        return orjson.dumps([self.scope, self.key, self.campaign]).decode()
+    def encode(self, at: float) -> str:
+        """The entity and the event time to evaluate it at, as a ``dirty`` set member."""
+        return orjson.dumps([self.scope, self.key, self.campaign, at]).decode()
 
     @staticmethod
-    def decode(s: str) -> Entity | None:
+    def decode(s: str) -> tuple[Entity, float] | None:
         try:
-            scope, key, campaign = orjson.loads(s)
+            scope, key, campaign, at = orjson.loads(s)
+            return Entity(str(scope), str(key), campaign if isinstance(campaign, str) else None), (
+                float(at)
+            )
         except (orjson.JSONDecodeError, ValueError, TypeError):
             return None
-        return Entity(str(scope), str(key), campaign if isinstance(campaign, str) else None)
 
 
 def campaign_of(ev: Event) -> str | None:

@@ -1,6 +1,7 @@
 """From state to features: the windowed figures rules look at, read in one round trip.
 
-Only what rules use is read: codes need their distinct sets (accounts, devices, IPs; those of new
+Members seen after ``t`` (applied already by a partition read ahead) are left out, so that a
+figure depends on the events up to ``t`` only, as in replay. Only what rules use is read: codes need their distinct sets (accounts, devices, IPs; those of new
 accounts over the short window), accounts their codes, campaigns their counters over the short
 window. Each window is then a filter on the same rows, so one read serves all three windows.
 """
@@ -104,7 +105,9 @@ class FeatureReader:
             elif pl.members >= 0 and f.entity.scope == "account":
                 self._codes(f, res.members[pl.members])
             elif pl.members >= 0:
-                rows = sorted(res.members[pl.members], key=lambda r: (-r[1], r[0]))
+                rows = sorted(
+                    (r for r in res.members[pl.members] if r[1] <= f.t), key=lambda r: (-r[1], r[0])
+                )
                 f.recent_ratios = [float(m.split("\x1f", 1)[0]) for m, _ in rows]
             if pl.counts >= 0:
                 f.campaign_codes = res.counts[pl.counts]
@@ -128,7 +131,7 @@ class FeatureReader:
             since = f.t - self._w[w]
             n = dict.fromkeys(dims, 0)
             for m, ts in rows:
-                if ts > since:
+                if since < ts <= f.t:
                     n[m[0]] = n.get(m[0], 0) + 1
             for target, d in zip(out, dims, strict=True):
                 target[w] = n[d]
@@ -138,7 +141,7 @@ class FeatureReader:
             since = f.t - self._w[w]
             per: dict[str, int] = {}
             for m, ts in rows:
-                if ts > since:
+                if since < ts <= f.t:
                     camp = m.split("\x1f", 1)[0]
                     per[camp] = per.get(camp, 0) + 1
             top = max(per, key=lambda c: (per[c], c)) if per else None

@@ -1,8 +1,13 @@
-"""Online models: per-campaign baselines fed one aggregated bucket at a time."""
+"""Online models: per-campaign baselines fed one aggregated bucket at a time.
+
+Both follow :class:`detector.models.base.OnlineModel` (River's ``AnomalyDetector`` API plus
+warm-up, ``expected``/``band`` and byte snapshots).
+"""
 
 from detector.models.rate import RateModel
 from detector.models.ratio import RatioBaseline
 
+#: Every model class, for the contract tests.
 ALL_MODELS = (RateModel, RatioBaseline)
 
 __all__ = ["ALL_MODELS", "RateModel", "RatioBaseline"]

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from detector.config import Config, Severity
 from detector.features.view import Features
-from detector.models.ratio import RatioBaseline
+from detector.models.discount import DiscountBaseline
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,7 @@ class Finding:
 class RuleContext:
     cfg: Config
     # The learned discount-ratio norm of a campaign, if one is modelled.
-    ratio_baseline: Callable[[str], RatioBaseline | None]
+    ratio_baseline: Callable[[str], DiscountBaseline | None]
 
     def kind(self, campaign: str | None) -> str | None:
         """The declared kind of a campaign, or None when it is not declared."""

@@ -74,7 +74,6 @@ class KafkaSource:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._stop = False
-        self._committed: dict[int, int] = {}
         self._c = consumer if consumer is not None else self._consumer()
 
     def _consumer(self) -> Any:
@@ -107,7 +106,8 @@ class KafkaSource:
         self._on_assign(partitions)
 
     def _revoked(self, partitions: list[int]) -> None:
-        self._commit_kafka({p: o for p, o in self._committed.items() if p in partitions})
+        # Runs on kafka-python's IO thread, where blocking commits are not allowed; the store
+        # holds the authoritative offsets anyway, written with the state of every batch.
         log.info("partitions revoked", topic=self._topic, partitions=sorted(partitions))
         self._on_revoke(partitions)
 
@@ -135,6 +135,12 @@ class KafkaSource:
                 out[tp.partition] = max(0, hw - self._c.position(tp))
         return out
 
+    def caught_up(self, partition: int) -> bool:
+        """True when everything up to the partition's end has been fetched."""
+        tp = TopicPartition(self._topic, partition)
+        hw = self._c.highwater(tp)
+        return hw is not None and self._c.position(tp) >= hw
+
     def seek(self, offsets: dict[int, int]) -> None:
         """Rewind partitions to the store's offsets (after a store error, to retry cleanly)."""
         assigned = {tp.partition for tp in self._c.assignment()}
@@ -143,10 +149,6 @@ class KafkaSource:
                 self._c.seek(TopicPartition(self._topic, p), o)
 
     def commit(self, offsets: dict[int, int]) -> None:
-        self._committed.update(offsets)
-        self._commit_kafka(offsets)
-
-    def _commit_kafka(self, offsets: dict[int, int]) -> None:
         if not offsets:
             return
         try:

@@ -202,11 +202,10 @@ class RedisStore:
     def _queue_delta(self, pipe: Any, delta: Delta) -> None:
         ttl = self._ttl
         hashes: set[str] = set()
+        # Always the float form: a field that once got a fraction must never see HINCRBY
+        # (a failed command inside MULTI does not undo the others).
         for (key, fld), by in delta.counters.items():
-            if by.is_integer():
-                pipe.hincrby(key, fld, int(by))
-            else:
-                pipe.hincrbyfloat(key, fld, by)
+            pipe.hincrbyfloat(key, fld, by)
             hashes.add(key)
         for key in hashes:
             pipe.expire(key, ttl)

@@ -19,8 +19,9 @@ Replayed = tuple[list[Alert], dict[str, Any], Config]
 def simulate_and_replay(tmp_path: Path) -> Callable[..., Replayed]:
     """Generate a labelled stream, replay it on the embedded store, return alerts and truth."""
 
-    def go(seed: int, *, declared: bool = True, config: dict[str, Any] | None = None,
-           **params: Any) -> Replayed:
+    def go(
+        seed: int, *, declared: bool = True, config: dict[str, Any] | None = None, **params: Any
+    ) -> Replayed:
         sc = generate(ScenarioParams.from_seed(seed, declared=declared, **params))
         events = tmp_path / f"events-{seed}.jsonl"
         write_jsonl(sc.events, events)

@@ -6,11 +6,13 @@ Each seed draws its own traffic shape, campaign sizes, incident rates and ramps 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from detector.backtest.evaluate import evaluate
-from tests.detection.conftest import Replayed
+
+Replayed = tuple[list[Any], dict[str, Any], Any]
 
 SEEDS = [1, 2, 3, 4, 5, 6]
 # Latency budgets in event-time seconds from the truth's anchor (see docs/simulator.md).
@@ -42,11 +44,11 @@ def test_every_incident_pages_within_its_budget(
 def test_clean_days_with_a_flash_sale_and_a_launch_never_page(
     seed: int, declared: bool, simulate_and_replay: Callable[..., Replayed]
 ) -> None:
-    alerts, truth, _ = simulate_and_replay(
-        100 + seed, declared=declared, hours=48.0, incidents=()
-    )
+    alerts, truth, _ = simulate_and_replay(100 + seed, declared=declared, hours=48.0, incidents=())
     ev = evaluate(alerts, truth)
-    pages = [(a.rule, a.key, a.detected_at, a.summary) for a in ev.false_alerts if a.severity == "page"]
+    pages = [
+        (a.rule, a.key, a.detected_at, a.summary) for a in ev.false_alerts if a.severity == "page"
+    ]
     assert pages == []
     tickets = [a for a in ev.false_alerts if a.severity == "ticket"]
     assert len(tickets) / ev.days <= 1.0, [(a.rule, a.key, a.summary) for a in tickets]
