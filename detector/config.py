@@ -23,7 +23,7 @@ from detector.errors import ConfigError
 
 Severity = Literal["page", "ticket", "info"]
 CampaignKind = Literal["personal", "public"]
-WindowName = Literal["recent", "short", "long"]
+WindowName = Literal["recent", "short", "long", "memory"]
 
 
 class _Frozen(BaseModel):
@@ -96,9 +96,10 @@ class WindowsConfig(_Frozen):
     recent_s: int = Field(default=120, ge=1)
     short_s: int = Field(default=600, ge=1)
     long_s: int = Field(default=3600, ge=1)
-    # How far back a campaign's codes are remembered to learn whether it is personal (one
-    # account per code); only sets of codes live this long, capped per campaign.
-    campaign_memory_s: int = Field(default=6 * 3600, ge=60)
+    # How far back codes' redeemers and campaigns' codes are remembered: whether a campaign is
+    # personal is learned over it, and a personal code's owner who used it hours ago still
+    # counts when a stranger uses it now. Only capped sets live this long.
+    memory_s: int = Field(default=6 * 3600, ge=60)
     # Distinct counts are exact up to this many members per key and window; beyond, they are a
     # lower bound that is already past every threshold (validated below).
     distinct_exact_cap: int = Field(default=100, ge=10, le=100_000)
@@ -117,7 +118,8 @@ class WindowsConfig(_Frozen):
         return v
 
     def seconds(self, name: WindowName) -> int:
-        return {"recent": self.recent_s, "short": self.short_s, "long": self.long_s}[name]
+        windows = {"recent": self.recent_s, "short": self.short_s, "long": self.long_s}
+        return windows.get(name, self.memory_s)
 
 
 class _Rule(_Frozen):
@@ -132,36 +134,41 @@ class CodeSharedRule(_Rule):
     (a distinct device and a distinct IP): a spouse on the same wifi is not a leak.
     """
 
-    window: WindowName = "long"
+    window: WindowName = "memory"
     min_accounts: int = Field(default=3, ge=2)
     second_household: bool = True
     # An undeclared campaign is learned as personal once it has this many codes in the long
     # window and at most this share of them has more than one account.
-    learn_min_codes: int = Field(default=20, ge=2)
-    learn_max_shared_fraction: float = Field(default=0.1, ge=0, le=1)
+    learn_min_codes: int = Field(default=5, ge=2)
+    learn_max_shared_fraction: float = Field(default=0.2, ge=0, le=1)
 
 
 class CampaignRateRule(_Rule):
     """A campaign's redemption share of all orders far above its learned baseline."""
 
     severity: Severity = "ticket"
-    score_threshold: float = Field(default=0.99, ge=0, le=1)
+    # The model's score (its likelihood scale: 0.5 is already rare) of the short-window share.
+    score_threshold: float = Field(default=0.5, ge=0, le=1)
     min_ratio: float = Field(default=3.0, ge=1)
     min_redemptions: int = Field(default=20, ge=1)
+    # Redemptions above the baseline's expectation, in Poisson standard deviations.
+    min_sigmas: float = Field(default=5.0, ge=0)
     # Ratio to baseline at which the alert is raised as a page instead of `severity`.
     page_ratio: float | None = Field(default=10.0, ge=1)
 
 
 class BotFarmRule(_Rule):
-    """Many fresh accounts redeeming one code from few devices or IPs.
+    """Many fresh accounts redeeming one code from few devices.
 
     Looks only at new accounts (younger than ``windows.new_account_age_s``), so a farm is not
-    diluted by the legitimate crowd on a busy public code.
+    diluted by the legitimate crowd on a busy public code. Devices, not IPs, unless devices are
+    unknown: carrier NAT puts unrelated customers behind one IP.
     """
 
     window: WindowName = "short"
-    min_new_accounts: int = Field(default=10, ge=2)
-    min_accounts_per_device: float = Field(default=3.0, ge=1)
+    min_new_accounts: int = Field(default=6, ge=2)
+    # New accounts beyond one per device (accounts - devices): 4 means e.g. 9 accounts on 5.
+    min_extra_accounts: int = Field(default=4, ge=1)
 
 
 class DiscountAnomalyRule(_Rule):
@@ -176,7 +183,9 @@ class DiscountAnomalyRule(_Rule):
 
     min_redemptions: int = Field(default=2, ge=1)
     min_factor: float = Field(default=2.5, ge=1)
-    min_sigmas: float = Field(default=6.0, ge=0)
+    # Ratios are skewed and bounded (a fixed discount is a large share of a small order):
+    # the Gaussian bound needs a wide margin.
+    min_sigmas: float = Field(default=8.0, ge=0)
     min_ratio: float = Field(default=0.3, ge=0, le=1)
     # Before the norm is learned: the last ``min_redemptions + 1`` orders all at least this.
     absolute_ratio: float = Field(default=0.9, ge=0, le=1)
@@ -296,8 +305,8 @@ class Config(BaseSettings):
         return h if h is not None else self.windows.long_s + self.events.allowed_lateness_s
 
     @property
-    def campaign_retention_s(self) -> float:
-        return max(self.retention_s, float(self.windows.campaign_memory_s))
+    def memory_retention_s(self) -> float:
+        return max(self.retention_s, float(self.windows.memory_s))
 
     @property
     def retention_s(self) -> float:

@@ -123,10 +123,10 @@ class Pipeline:
         w = cfg.windows
         self.keys = Keys(cfg.redis.key_prefix, w.bucket_s, w.long_s // w.bucket_s)
         self.extractor = Extractor(
-            self.keys, w.distinct_exact_cap, w.new_account_age_s, cfg.campaign_retention_s
+            self.keys, w.distinct_exact_cap, w.new_account_age_s, cfg.memory_retention_s
         )
         self.reader = FeatureReader(
-            self.keys, w.recent_s, w.short_s, w.long_s, cfg.campaign_retention_s
+            self.keys, w.recent_s, w.short_s, w.long_s, cfg.memory_retention_s
         )
         self.lifecycle = Lifecycle(cfg)
         self.rate_rule = CampaignRate()
@@ -426,13 +426,13 @@ class Pipeline:
 
     def _mark_shared(self, f: Features, marks: Delta) -> None:
         ent = f.entity
-        if ent.scope == "code" and ent.campaign is not None and f.accounts.get("long", 0) >= 2:
+        if ent.scope == "code" and ent.campaign is not None and f.accounts.get("memory", 0) >= 2:
             marks.seen(
                 self.keys.campaign_shared(ent.campaign),
                 ent.key,
                 f.t,
                 CAMPAIGN_CODES_CAP,
-                self.cfg.campaign_retention_s,
+                self.cfg.memory_retention_s,
             )
 
     def _decide(
@@ -562,12 +562,18 @@ class Pipeline:
         k = self.keys
         camps = self._model_campaigns(b)
         self._campaign_models(camps)
-        t_end = (b + 1) * k.bucket_s - 1e-6
-        req = Read(fields=[(k.orders(b), [f"n{b}"])])
+        t_end = (b + 1) * k.bucket_s - 1e-3
+        n_short = self.cfg.windows.short_s // k.bucket_s
+        window = range(b - n_short + 1, b + 1)
+        req = Read()
+        for seg_b in sorted({k.seg(x) * k.seg_buckets for x in window}):
+            in_seg = [x for x in window if k.seg(x) * k.seg_buckets == seg_b]
+            req.fields.append((k.orders(seg_b), [f"n{x}" for x in in_seg]))
+        n_orders = len(req.fields)
         for c in camps:
             req.fields.append((k.campaign_counts(c, b), [f"n{b}", f"q{b}", f"r{b}", f"x{b}"]))
         res = self.store.read(req)
-        orders = res.fields[0][0]
+        orders = sum(sum(row) for row in res.fields[:n_orders])
         feats = {
             f.entity.key: f
             for f in self.reader.read(
@@ -580,17 +586,17 @@ class Pipeline:
         t_local = self._local_t(b * k.bucket_s)
         scores: dict[str, float] = {}
         observed: set[str] = set()
-        for c, row in zip(camps, res.fields[1:], strict=True):
-            n, q, rsum, sq = row
+        for c, row in zip(camps, res.fields[n_orders:], strict=True):
+            _, q, rsum, sq = row
             mdl = self._models[c]
-            share = n / orders if orders > 0 else 0.0
-            x = {"value": share, "t": t_local}
-            score = mdl.rate.score_one(x)
+            recent = feats[c].redemptions["short"]
+            x = {"value": recent / orders if orders > 0 else 0.0, "t": t_local}
+            # The sustained score: an incident keeps holding while it lasts, not only at onset.
+            score = mdl.rate.sustained_score_one(x)
             obs = RateObservation(
                 campaign=c,
-                redemptions=n,
+                redemptions=recent,
                 orders=orders,
-                recent=feats[c].redemptions["short"],
                 score=score,
                 expected_share=mdl.rate.expected(),
                 warmed_up=mdl.rate.warmed_up,

@@ -19,14 +19,17 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -312,3 +315,143 @@ def free_port() -> Callable[[], int]:
             return int(sock.getsockname()[1])
 
     return get
+
+
+# ------------------------------------------------------ detector processes --
+
+
+@dataclass
+class DetectorProcess:
+    """A `detector run` subprocess with its config, metrics port and log file."""
+
+    config: Path
+    metrics_port: int
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def metrics(self) -> dict[str, float]:
+        """The /metrics samples as {"name{labels}": value} (empty while not serving)."""
+        status, body = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        out: dict[str, float] = {}
+        if status != 200:
+            return out
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def metric(self, name: str, default: float = 0.0) -> float:
+        return self.metrics().get(name, default)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"detector exited with {self.proc.returncode} while waiting for {what}:\n"
+                    + self.log.read_text()[-3000:]
+                )
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what}; log tail:\n"
+                    + self.log.read_text()[-3000:]
+                )
+            time.sleep(0.2)
+
+    def wait_events(self, n: int, timeout: float = 120.0) -> None:
+        """Until n records were consumed (ok + dead-lettered + late + duplicate)."""
+
+        def consumed() -> bool:
+            m = self.metrics()
+            total = sum(v for k, v in m.items() if k.startswith("detector_events_total{"))
+            return total >= n
+
+        self.wait_for(consumed, timeout, f"{n} events consumed")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: a clean stop finishes its batch and exits 0."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def detector_config(
+    tmp_path: Path, redis_prefix: str, kafka_bootstrap: str, free_port: Callable[[], int]
+) -> Callable[..., Path]:
+    """Write a `detector run` config for this test: its own topics, key prefix and port.
+
+    ``detector_config(events_topic, **overrides)``; nested overrides are merged.
+    """
+
+    def make(events_topic: str, name: str = "detector.yaml", **over: Any) -> Path:
+        cfg: dict[str, Any] = {
+            "state": "redis",
+            "kafka": {
+                "bootstrap_servers": kafka_bootstrap,
+                "group_id": f"g-{events_topic}",
+                "topics": {
+                    "events": events_topic,
+                    "dead_letters": f"{events_topic}.dlq",
+                    "alerts": f"{events_topic}.alerts",
+                },
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 1000,
+            },
+            "redis": {"key_prefix": redis_prefix},
+            "metrics": {"port": free_port()},
+            "alerts": {"jsonl_path": str(tmp_path / f"{events_topic}-alerts.jsonl")},
+            "logging": {"level": "info"},
+        }
+        cfg = _merge(cfg, over)
+        path = tmp_path / name
+        path.write_text(json.dumps(cfg))  # JSON is YAML
+        return path
+
+    return make
+
+
+def _merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture
+def start_detector(tmp_path: Path) -> Iterator[Callable[..., DetectorProcess]]:
+    """Start `detector run --config PATH` processes; all are killed at teardown."""
+    procs: list[DetectorProcess] = []
+
+    def start(config: Path, env: Mapping[str, str] | None = None) -> DetectorProcess:
+        port = json.loads(config.read_text())["metrics"]["port"]
+        log_path = tmp_path / f"detector-{len(procs)}.log"
+        log_file = log_path.open("wb")
+        proc = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "detector"), "run", "--config", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        d = DetectorProcess(config, port, log_path, proc)
+        procs.append(d)
+        d.wait_for(d.metrics, 30, "the metrics endpoint")
+        return d
+
+    yield start
+    for d in procs:
+        d.kill()

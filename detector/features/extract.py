@@ -72,12 +72,12 @@ class Extractor:
         assert camp is not None
         ts = ev.ts
         delta.incr(k.code_counts(code, b), f"n{b}")
-        members = k.code_distinct(code)
-        delta.seen(members, "a:" + ev.account_id, ts, self._code_cap)
+        members, mem = k.code_distinct(code), self._camp_ttl
+        delta.seen(members, "a:" + ev.account_id, ts, self._code_cap, mem)
         if ev.device_id is not None:
-            delta.seen(members, "d:" + ev.device_id, ts, self._code_cap)
+            delta.seen(members, "d:" + ev.device_id, ts, self._code_cap, mem)
         if ev.ip is not None:
-            delta.seen(members, "i:" + ev.ip, ts, self._code_cap)
+            delta.seen(members, "i:" + ev.ip, ts, self._code_cap, mem)
         created = ev.account_created_at
         if created is not None and ts - created < self._new_age:
             # New accounts get their own dimensions: a bot farm shows as many new accounts on

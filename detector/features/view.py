@@ -15,7 +15,7 @@ from detector.features.extract import Entity
 from detector.state.base import Read, Store
 from detector.state.keys import Keys
 
-WINDOWS = ("recent", "short", "long")
+WINDOWS = ("recent", "short", "long", "memory")
 _CAMPAIGN_FIELDS = ("n", "s", "q")
 
 
@@ -59,11 +59,11 @@ class _Plan:
 
 class FeatureReader:
     def __init__(
-        self, keys: Keys, recent_s: int, short_s: int, long_s: int, campaign_memory_s: float
+        self, keys: Keys, recent_s: int, short_s: int, long_s: int, memory_s: float
     ) -> None:
         self._k = keys
-        self._w = {"recent": recent_s, "short": short_s, "long": long_s}
-        self._camp_mem = campaign_memory_s
+        self._w = {"recent": recent_s, "short": short_s, "long": long_s, "memory": int(memory_s)}
+        self._camp_mem = memory_s
 
     def read(self, store: Store, targets: Sequence[tuple[Entity, float]]) -> list[Features]:
         k = self._k
@@ -73,7 +73,7 @@ class FeatureReader:
             pl = _Plan(Features(ent, t))
             if ent.scope == "code":
                 pl.members = len(req.members)
-                req.members.append((k.code_distinct(ent.key), t - self._w["long"]))
+                req.members.append((k.code_distinct(ent.key), t - self._w["memory"]))
                 pl.new_members = len(req.members)
                 req.members.append((k.code_new_distinct(ent.key), t - self._w["short"]))
                 if ent.campaign is not None:
@@ -137,7 +137,7 @@ class FeatureReader:
                 target[w] = n[d]
 
     def _codes(self, f: Features, rows: list[tuple[str, float]]) -> None:
-        for w in WINDOWS:
+        for w in WINDOWS[:3]:
             since = f.t - self._w[w]
             per: dict[str, int] = {}
             for m, ts in rows:

@@ -1,4 +1,4 @@
-"""Many fresh accounts redeeming one code from a few devices or IPs."""
+"""Many fresh accounts redeeming one code from a few devices."""
 
 from __future__ import annotations
 
@@ -19,13 +19,9 @@ class BotFarm:
         accounts = f.new_accounts[w]
         if accounts < cfg.min_new_accounts:
             return None
-        # Devices or IPs unknown (null) tell nothing; the tighter known one is the farm's size.
-        sources = [n for n in (f.new_devices[w], f.new_ips[w]) if n > 0]
-        if not sources:
-            return None
-        farm = min(sources)
-        per_source = accounts / farm
-        if per_source < cfg.min_accounts_per_device:
+        # Unknown devices (null) say nothing: fall back to IPs only then.
+        farm, what = (f.new_devices[w], "devices") if f.new_devices[w] else (f.new_ips[w], "IPs")
+        if farm == 0 or accounts - farm < cfg.min_extra_accounts:
             return None
         win = window_label(ctx.cfg.windows.seconds(w))
         return Finding(
@@ -34,9 +30,9 @@ class BotFarm:
             key=f.entity.key,
             campaign=f.entity.campaign,
             severity=cfg.severity,
-            value=round(per_source, 3),
-            threshold=cfg.min_accounts_per_device,
+            value=round(accounts / farm, 3),
+            threshold=None,
             summary=f"code {f.entity.key}: {accounts} new accounts in {win} from only {farm} "
-            f"devices/IPs ({per_source:.1f} accounts each); likely a bot farm: block the "
-            f"devices/IPs and review the accounts.",
+            f"{what} ({accounts / farm:.1f} accounts each); likely a bot farm: block the "
+            f"{what} and review the accounts.",
         )

@@ -25,10 +25,15 @@ class CodeShared:
             # young campaign with a single popular code, is a public launch, not a leak.
             if camp is None or camp == standalone_campaign(code):
                 return None
-            codes, shared = f.campaign_codes, f.campaign_shared_codes
-            if codes < cfg.learn_min_codes or shared > cfg.learn_max_shared_fraction * codes:
+            # The code under test is left out: its own sharing must not unlearn its campaign.
+            others = f.campaign_codes - 1
+            shared = f.campaign_shared_codes - (1 if f.accounts["memory"] >= 2 else 0)
+            if others < cfg.learn_min_codes or shared > cfg.learn_max_shared_fraction * others:
                 return None
-            norm = f"campaign {camp}'s other codes have 1 account each ({codes} codes seen)"
+            norm = (
+                f"campaign {camp} looks personal: {others - shared} of its {others} other codes "
+                f"recently used have 1 account"
+            )
         else:
             norm = f"campaign {camp} is declared personal: 1 account per code"
         w = cfg.window

@@ -8,13 +8,13 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 | key | type | content | TTL |
 |---|---|---|---|
 | ``k:{code}:{seg}`` | hash | per bucket: ``n{b}`` redemptions, ``w{b}`` by new accounts (reports) | retention |
-| ``u:{code}`` | zset | ``a:{account}``, ``d:{device}``, ``i:{ip}`` -> last event time (capped) | retention |
+| ``u:{code}`` | zset | ``a:{account}``, ``d:{device}``, ``i:{ip}`` -> last event time (capped) | memory |
 | ``v:{code}`` | zset | the same for new accounts only: ``A:``, ``D:``, ``I:`` (capped) | retention |
 | ``a:{account}`` | zset | ``{campaign}\x1f{code}`` redeemed -> last event time | retention |
 | ``g:{campaign}:{seg}`` | hash | per bucket: ``n{b}`` redemptions; over those with a discount and a total: ``s{b}`` discount sum, ``q{b}`` count, ``r{b}`` sum and ``x{b}`` sum of squares of discount/total | retention |
 | ``dr:{campaign}`` | zset | the last few redemptions' ``{discount/total}\x1f{event_id}`` -> event time | retention |
-| ``gc:{campaign}`` | zset | codes redeemed -> last event time (capped) | campaign memory |
-| ``gm:{campaign}`` | zset | codes with 2+ distinct accounts -> last event time (capped) | campaign memory |
+| ``gc:{campaign}`` | zset | codes redeemed -> last event time (capped) | memory |
+| ``gm:{campaign}`` | zset | codes with 2+ distinct accounts -> last event time (capped) | memory |
 | ``o:{seg}`` | hash | ``n{b}`` all orders, with or without a code | retention |
 | ``cv:{seg}`` | zset | campaign -> redemptions in the segment (top campaigns for models) | retention |
 | ``e:{event_id}`` | string | position that claimed the event (dedupe) | dedupe horizon |

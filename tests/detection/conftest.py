@@ -15,6 +15,22 @@ from detector.simulate.scenario import ScenarioParams, generate, write_jsonl
 Replayed = tuple[list[Alert], dict[str, Any], Config]
 
 
+FARM_EVIDENCE = 6  # rules.bot_farm.min_new_accounts
+
+
+def nth_account_at(events: Path, accounts: set[str], n: int = FARM_EVIDENCE) -> str | None:
+    """When the n-th distinct account of ``accounts`` first appears in the stream."""
+    seen: set[str] = set()
+    with events.open("rb") as f:
+        for line in f:
+            e = orjson.loads(line)
+            if e["account_id"] in accounts and e["account_id"] not in seen:
+                seen.add(e["account_id"])
+                if len(seen) == n:
+                    return str(e["ts"])
+    return None
+
+
 @pytest.fixture
 def simulate_and_replay(tmp_path: Path) -> Callable[..., Replayed]:
     """Generate a labelled stream, replay it on the embedded store, return alerts and truth."""
@@ -33,6 +49,10 @@ def simulate_and_replay(tmp_path: Path) -> Callable[..., Replayed]:
         out.unlink(missing_ok=True)
         replay(cfg, str(events), alerts_out=str(out))
         alerts = [Alert.from_json(line) for line in out.read_bytes().splitlines()]
-        return alerts, orjson.loads(orjson.dumps(sc.truth_dict())), cfg
+        truth = orjson.loads(orjson.dumps(sc.truth_dict()))
+        for inc in truth["incidents"]:
+            if inc["kind"] == "bot_farm":
+                inc["nth_account_at"] = nth_account_at(events, set(inc["details"]["accounts"]))
+        return alerts, truth, cfg
 
     return go
