@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from detector.config import Config, load_config, restart_needed
 from detector.errors import ConfigError, StaleProgress, StoreError
 from detector.metrics import Metrics, serve
-from detector.pipeline import Pipeline, Stats
+from detector.pipeline import Pipeline, PipelineObserver, Stats
 from detector.sinks.base import AlertSink, DeadLetterSink
 from detector.sinks.jsonl import (
     JsonlAlertSink,
@@ -64,6 +64,7 @@ def replay(
     echo: IO[str] | None = None,
     metrics: Metrics | None = None,
     extra_sinks: Sequence[AlertSink] = (),
+    observer: PipelineObserver | None = None,
 ) -> Stats:
     """CONTRACT.md §5: the same pipeline as `run`, clocked by event time, from a file."""
     metrics = metrics or Metrics(CollectorRegistry(), cfg.metrics.max_firing_labels)
@@ -78,7 +79,15 @@ def replay(
     )
     source = FileSource(events)
     pipe = Pipeline(
-        cfg, store, sinks, dlq, metrics, source=source.name, owner=owner_id(), live=False
+        cfg,
+        store,
+        sinks,
+        dlq,
+        metrics,
+        source=source.name,
+        owner=owner_id(),
+        live=False,
+        observer=observer,
     )
     pipe.assign([0])
     try:
@@ -161,7 +170,8 @@ def run(cfg: Config, cfg_path: str | None) -> int:
     server = serve(metrics, cfg.metrics.host, cfg.metrics.port)
     log.info("metrics served", address=f"{cfg.metrics.host}:{server.server_port}")
     store = make_store(cfg, cfg.state, metrics)
-    _wait_for_store(store, metrics)
+    backoff = cfg.redis.retry_backoff_max_s
+    _retry_store(store, metrics, store.ping, backoff)
     sinks: list[AlertSink] = []
     if cfg.alerts.kafka:
         sinks.append(KafkaAlertSink(cfg.kafka))
@@ -194,8 +204,8 @@ def run(cfg: Config, cfg_path: str | None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda *_: reloader.hangup())
-    _retry_store(store, metrics, pipe.restore_firing)
-    _retry_store(store, metrics, pipe.recover)
+    _retry_store(store, metrics, pipe.restore_firing, backoff)
+    _retry_store(store, metrics, pipe.recover, backoff)
     log.info("detector running", topic=cfg.kafka.topics.events, group=cfg.kafka.group_id)
     try:
         for batch in source.batches():
@@ -203,12 +213,12 @@ def run(cfg: Config, cfg_path: str | None) -> int:
                 offsets = pipe.process(batch, source.caught_up)
             except StaleProgress as e:
                 log.warning("partitions moved to another writer; resyncing", detail=str(e))
-                source.seek(_retry_store(store, metrics, pipe.reload_progress))
+                source.seek(_retry_store(store, metrics, pipe.reload_progress, backoff))
                 continue
             except StoreError as e:
                 log.error("state store failed; not consuming until it is back", error=str(e))
                 metrics.store_up.set(0)
-                source.seek(_retry_store(store, metrics, pipe.reload_progress))
+                source.seek(_retry_store(store, metrics, pipe.reload_progress, backoff))
                 continue
             metrics.store_up.set(1)
             source.commit(offsets)
@@ -229,7 +239,9 @@ def run(cfg: Config, cfg_path: str | None) -> int:
     return 0
 
 
-def _retry_store(store: Store, metrics: Metrics, fn: Callable[[], T]) -> T:
+def _retry_store(
+    store: Store, metrics: Metrics, fn: Callable[[], T], backoff_max_s: float = 5.0
+) -> T:
     """Call ``fn`` until the store answers, backing off; the detector is unhealthy meanwhile."""
     delay = 0.2
     while True:
@@ -243,11 +255,7 @@ def _retry_store(store: Store, metrics: Metrics, fn: Callable[[], T]) -> T:
             metrics.store_up.set(0)
             log.error("state store unavailable; retrying", error=str(e), retry_in_s=delay)
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
-def _wait_for_store(store: Store, metrics: Metrics) -> None:
-    _retry_store(store, metrics, store.ping)
+            delay = min(delay * 2, backoff_max_s)
 
 
 def print_summary(stats: Stats, out: IO[str] = sys.stderr) -> None:

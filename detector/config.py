@@ -70,8 +70,8 @@ class RedisConfig(_Frozen):
     ssl_keyfile: str | None = None
     key_prefix: str = "pd:"
     socket_timeout_s: float = Field(default=5.0, gt=0)
-    # How long `run` keeps retrying an unreachable Redis before it reports itself unhealthy;
-    # it never drops events: it stops consuming until Redis answers again.
+    # Longest pause between retries while Redis is unreachable; `run` never drops events
+    # meanwhile: it stops consuming, reports detector_store_up 0, and resumes on its own.
     retry_backoff_max_s: float = Field(default=5.0, gt=0)
 
 
@@ -251,13 +251,11 @@ class MetricsConfig(_Frozen):
     # The firing-alerts gauge carries a promo code as a label only for this many alerts.
     max_firing_labels: int = Field(default=50, ge=1, le=1000)
     top_campaigns: int = Field(default=20, ge=1, le=200)
-    runbook_base_url: str = (
-        "https://github.com/promo-detector/promo-detector/blob/main/docs/runbooks"
-    )
 
 
 class ModelsConfig(_Frozen):
-    snapshot_every_buckets: int = Field(default=1, ge=1)
+    # The instance holding this lease is the models' single writer; another takes over when
+    # it stops renewing.
     lease_ttl_s: float = Field(default=15.0, gt=0)
 
 
@@ -438,8 +436,13 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:
-    """Top-level keys that differ between two configs and cannot be applied live."""
-    return [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
+    """Keys that differ between two configs and cannot be applied live."""
+    keys = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
+    # The alert sinks are built at start; the lifecycle's numbers are live.
+    for k in ("jsonl_path", "kafka"):
+        if getattr(old.alerts, k) != getattr(new.alerts, k):
+            keys.append(f"alerts.{k}")
+    return keys
 
 
 def env_has_overrides() -> bool:

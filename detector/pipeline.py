@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -88,6 +89,21 @@ class _RateLimitedLog:
         )
 
 
+class PipelineObserver(Protocol):
+    """Optional read-only hook (e.g. ``detector backtest`` plots); never changes decisions."""
+
+    def features(self, f: Features) -> None:
+        """An entity's windowed figures, as the event rules are about to see them."""
+
+    def campaign_bucket(
+        self, start: float, obs: RateObservation, band: tuple[float, float]
+    ) -> None:
+        """A campaign's closed bucket, scored and before the model learns it."""
+
+    def batch(self, stats: Stats) -> None:
+        """A batch of records has been processed."""
+
+
 class _CampaignModels:
     __slots__ = ("rate", "ratio")
 
@@ -109,8 +125,10 @@ class Pipeline:
         owner: str,
         live: bool,
         wall: Callable[[], float] = time.time,
+        observer: PipelineObserver | None = None,
     ) -> None:
         self.cfg = cfg
+        self.observer = observer
         self.store = store
         self.sinks = list(alert_sinks)
         self.dlq = dead_letters
@@ -146,6 +164,9 @@ class Pipeline:
         self._buffered_to: dict[int, int] = {}
         self._frontier: dict[int, float] = {}
         self._models: dict[str, _CampaignModels] = {}
+        self._states: dict[str, bytes] | None = None
+        # Campaigns without a snapshot, until the next closed bucket (no read per event).
+        self._no_snapshot: set[str] = set()
         self._leader = False
 
     # -- configuration -------------------------------------------------------------------------
@@ -275,6 +296,8 @@ class Pipeline:
         if records:
             self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self.tick()
+        if self.observer is not None:
+            self.observer.batch(self.stats)
         return dict(self._applied)
 
     def _release_limit(self, caught_up: Callable[[int], bool] | None) -> float:
@@ -406,7 +429,10 @@ class Pipeline:
         if not targets:
             return
         feats = self.reader.read(self.store, targets)
-        states = self.store.alert_states()
+        if self.observer is not None:
+            for f in feats:
+                self.observer.features(f)
+        states = self._alert_states()
         ctx = self._ctx()
         observations: list[tuple[Target, Finding | None, float]] = []
         marks = Delta()
@@ -449,7 +475,7 @@ class Pipeline:
             self.metrics.suppressed.labels(rule, reason).inc()
         if not d.changes and not (marks and len(marks)) and not clean and not snapshots:
             return
-        self.store.commit(
+        applied = self.store.commit(
             Commit(
                 changes=d.changes,
                 marks=marks or Delta(),
@@ -458,8 +484,23 @@ class Pipeline:
                 clean=clean or set(),
             )
         )
+        if self._states is not None:
+            if all(applied):
+                for ch in d.changes:
+                    if ch.new is None:
+                        self._states.pop(ch.name, None)
+                    else:
+                        self._states[ch.name] = ch.new
+            else:
+                self._states = None  # another instance moved an episode: read them again
         if any(ch.outbox is not None for ch in d.changes):
             self.deliver()
+
+    def _alert_states(self, refresh: bool = False) -> dict[str, bytes]:
+        """Episode states, cached between bucket closes (compare-and-set keeps them honest)."""
+        if refresh or self._states is None:
+            self._states = self.store.alert_states()
+        return dict(self._states)
 
     def deliver(self) -> None:
         """Send pending outbox records to every sink, then acknowledge them."""
@@ -508,6 +549,7 @@ class Pipeline:
         if target <= self._last_closed:
             return
         self._leader = self.store.try_lease(MODELS_LEASE, self.owner, self.cfg.models.lease_ttl_s)
+        self._no_snapshot.clear()
         first = max(self._last_closed + 1, target - self.cfg.windows.long_s // bucket_s + 1)
         if not self._leader:
             self._models.clear()  # read fresh snapshots from the owner next time
@@ -552,8 +594,11 @@ class Pipeline:
 
     def _ratio_baseline(self, campaign: str) -> DiscountBaseline | None:
         if campaign not in self._models:
+            if campaign in self._no_snapshot:
+                return None
             snap = self.store.snapshots([f"ratio:{campaign}"]).get(f"ratio:{campaign}")
             if snap is None:
+                self._no_snapshot.add(campaign)
                 return None
             self._models[campaign] = _CampaignModels(RateModel(), DiscountBaseline.restore(snap))
         return self._models[campaign].ratio
@@ -580,7 +625,7 @@ class Pipeline:
                 self.store, [(Entity("campaign", c, None), t_end) for c in camps]
             )
         }
-        states = self.store.alert_states()
+        states = self._alert_states(refresh=True)
         observations: list[tuple[Target, Finding | None, float]] = []
         snapshots: dict[str, bytes] = {CLOCK_SNAPSHOT: str(b).encode()}
         t_local = self._local_t(b * k.bucket_s)
@@ -601,6 +646,8 @@ class Pipeline:
                 expected_share=mdl.rate.expected(),
                 warmed_up=mdl.rate.warmed_up,
             )
+            if self.observer is not None:
+                self.observer.campaign_bucket(b * k.bucket_s, obs, mdl.rate.band())
             mdl.rate.learn_one(x)
             if q > 0:
                 mdl.ratio.learn_one({"value": rsum / q, "weight": q, "m2": sq / q, "t": t_local})
@@ -632,7 +679,7 @@ class Pipeline:
 
     def _recheck_firing(self, at: float) -> None:
         """Re-evaluate open episodes at event time ``at``, so that they clear and resolve."""
-        states = self.store.alert_states()
+        states = self._alert_states(refresh=not self._leader)
         targets = []
         for raw in states.values():
             ep = Episode.decode(raw)

@@ -69,6 +69,8 @@ class FeatureReader:
         k = self._k
         req = Read()
         plans = []
+        count_at: dict[tuple[str, float], int] = {}
+        count_ix: list[int] = []
         for ent, t in targets:
             pl = _Plan(Features(ent, t))
             if ent.scope == "code":
@@ -77,10 +79,15 @@ class FeatureReader:
                 pl.new_members = len(req.members)
                 req.members.append((k.code_new_distinct(ent.key), t - self._w["short"]))
                 if ent.campaign is not None:
-                    pl.counts = len(req.counts)
-                    remembered = t - self._camp_mem
-                    req.counts.append((k.campaign_codes(ent.campaign), remembered))
-                    req.counts.append((k.campaign_shared(ent.campaign), remembered))
+                    # Per bucket, so that the codes of one campaign share one count.
+                    remembered = k.bucket(t) * k.bucket_s - self._camp_mem
+                    pl.counts = len(count_ix)
+                    for key in (k.campaign_codes(ent.campaign), k.campaign_shared(ent.campaign)):
+                        q = (key, remembered)
+                        if q not in count_at:
+                            count_at[q] = len(req.counts)
+                            req.counts.append(q)
+                        count_ix.append(count_at[q])
             elif ent.scope == "account":
                 pl.members = len(req.members)
                 req.members.append((k.account_codes(ent.key), t - self._w["long"]))
@@ -97,6 +104,7 @@ class FeatureReader:
                     req.fields.append((k.campaign_counts(ent.key, buckets[0]), names))
             plans.append(pl)
         res = store.read(req)
+        counts = [res.counts[i] for i in count_ix]
         for pl in plans:
             f = pl.f
             if pl.members >= 0 and f.entity.scope == "code":
@@ -110,8 +118,8 @@ class FeatureReader:
                 )
                 f.recent_ratios = [float(m.split("\x1f", 1)[0]) for m, _ in rows]
             if pl.counts >= 0:
-                f.campaign_codes = res.counts[pl.counts]
-                f.campaign_shared_codes = res.counts[pl.counts + 1]
+                f.campaign_codes = counts[pl.counts]
+                f.campaign_shared_codes = counts[pl.counts + 1]
             if pl.fields:
                 self._counters(f, [(res.fields[i], b) for i, b in pl.fields])
         return [pl.f for pl in plans]

@@ -8,6 +8,7 @@ windows that have passed.
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ class MemoryStore:
         self._ttl = ttl_s
         self._hashes: dict[str, dict[str, float]] = {}
         self._zsets: dict[str, dict[str, float]] = {}
+        self._zmin: dict[str, float] = {}  # a lower bound of each zset's scores
         self._touched: dict[str, float] = {}
         self._claims: dict[str, tuple[str, float]] = {}
         self._offsets: dict[str, Progress] = {}
@@ -85,14 +87,18 @@ class MemoryStore:
             if z is None:
                 z = self._zsets[key] = {}
             latest = 0.0
+            self._zmin[key] = min(self._zmin.get(key, math.inf), min(members.values()))
             for m, ts in members.items():
                 if z.get(m, -1.0) < ts:
                     z[m] = ts
                 latest = max(latest, ts)
             ttl = delta.ttls.get(key, self._ttl)
             floor = latest - ttl
-            for m in [m for m, ts in z.items() if ts < floor]:
-                del z[m]
+            # Scan for expired members only when the oldest one may have expired.
+            if self._zmin.get(key, -1.0) < floor:
+                for m in [m for m, ts in z.items() if ts < floor]:
+                    del z[m]
+                self._zmin[key] = min(z.values(), default=latest)
             cap = delta.caps[key]
             if len(z) > cap:
                 for m in heapq.nsmallest(len(z) - cap, z, key=z.__getitem__):
@@ -108,6 +114,7 @@ class MemoryStore:
         for k in dead:
             self._hashes.pop(k, None)
             self._zsets.pop(k, None)
+            self._zmin.pop(k, None)
             del self._touched[k]
         gone = [e for e, (_, until) in self._claims.items() if until < self._now_ts]
         for e in gone:

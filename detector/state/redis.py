@@ -80,6 +80,58 @@ end
 return 0
 """
 
+# One call per batch: the client encodes one command instead of one per key (the hot path).
+# ARGV: default_ttl, n_counters, (key, field, by)*, n_zsets, (key, ttl, cap, n, (score, member)*)*,
+#       dirty_key, n_dirty, member*.
+_APPLY_LUA = """
+local ttl = tonumber(ARGV[1])
+local i = 2
+local n = tonumber(ARGV[i]); i = i + 1
+local hashes = {}
+for _ = 1, n do
+  redis.call('HINCRBYFLOAT', ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  hashes[ARGV[i]] = true
+  i = i + 3
+end
+for key, _ in pairs(hashes) do redis.call('EXPIRE', key, ttl) end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local key, kttl, cap, m = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  i = i + 4
+  local args, latest = {'ZADD', key, 'GT'}, -math.huge
+  for _ = 1, m do
+    local s = tonumber(ARGV[i])
+    if s > latest then latest = s end
+    args[#args + 1] = ARGV[i]
+    args[#args + 1] = ARGV[i + 1]
+    i = i + 2
+    if #args >= 2003 then  -- unpack() has a stack limit: add in chunks
+      redis.call(unpack(args))
+      args = {'ZADD', key, 'GT'}
+    end
+  end
+  if #args > 3 then redis.call(unpack(args)) end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (latest - kttl))
+  redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
+  redis.call('EXPIRE', key, kttl)
+end
+local dirty = ARGV[i]
+n = tonumber(ARGV[i + 1]); i = i + 2
+for _ = 1, n do redis.call('SADD', dirty, ARGV[i]); i = i + 1 end
+return 1
+"""
+
+# ARGV: ttl, (key, position)*; returns 1 where the event is new (or claimed by this position).
+_CLAIM_LUA = """
+local out = {}
+local ttl = ARGV[1]
+for j = 2, #ARGV, 2 do
+  local held = redis.call('SET', ARGV[j], ARGV[j + 1], 'NX', 'GET', 'EX', ttl)
+  out[#out + 1] = (held == false or held == ARGV[j + 1]) and 1 or 0
+end
+return out
+"""
+
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -130,6 +182,8 @@ class RedisStore:
         self._commit = client.register_script(_COMMIT_LUA)
         self._lease = client.register_script(_LEASE_LUA)
         self._release = client.register_script(_RELEASE_LUA)
+        self._apply = client.register_script(_APPLY_LUA)
+        self._claim = client.register_script(_CLAIM_LUA)
 
     @contextmanager
     def _op(self, name: str) -> Iterator[None]:
@@ -158,13 +212,12 @@ class RedisStore:
     def claim(self, claims: Sequence[tuple[str, str]], ttl_s: float) -> list[bool]:
         if not claims:
             return []
-        ex = max(1, int(ttl_s))
+        args: list[Any] = [max(1, int(ttl_s))]
+        for event_id, pos in claims:
+            args += [self._keys.claim(event_id), pos]
         with self._op("claim"):
-            pipe = self._r.pipeline(transaction=False)
-            for event_id, pos in claims:
-                pipe.set(self._keys.claim(event_id), pos, nx=True, get=True, ex=ex)
-            held = pipe.execute()
-        return [h is None or h.decode() == pos for h, (_, pos) in zip(held, claims, strict=True)]
+            res = self._claim(args=args)
+        return [bool(x) for x in res]
 
     def apply(self, delta: Delta, progress: Progress | None) -> None:
         with self._op("apply"), self._r.pipeline(transaction=True) as pipe:
@@ -200,23 +253,18 @@ class RedisStore:
                 )
 
     def _queue_delta(self, pipe: Any, delta: Delta) -> None:
-        ttl = self._ttl
-        hashes: set[str] = set()
-        # Always the float form: a field that once got a fraction must never see HINCRBY
-        # (a failed command inside MULTI does not undo the others).
+        if not delta.counters and not delta.distinct and not delta.dirty:
+            return
+        args: list[Any] = [self._ttl, len(delta.counters)]
         for (key, fld), by in delta.counters.items():
-            pipe.hincrbyfloat(key, fld, by)
-            hashes.add(key)
-        for key in hashes:
-            pipe.expire(key, ttl)
+            args += [key, fld, repr(by)]
+        args.append(len(delta.distinct))
         for key, members in delta.distinct.items():
-            key_ttl = int(delta.ttls.get(key, ttl))
-            pipe.zadd(key, members, gt=True)
-            pipe.zremrangebyscore(key, "-inf", f"({max(members.values()) - key_ttl}")
-            pipe.zremrangebyrank(key, 0, -delta.caps[key] - 1)
-            pipe.expire(key, key_ttl)
-        if delta.dirty:
-            pipe.sadd(self._keys.dirty, *delta.dirty)
+            args += [key, int(delta.ttls.get(key, self._ttl)), delta.caps[key], len(members)]
+            for m, ts in members.items():
+                args += [repr(ts), m]
+        args += [self._keys.dirty, len(delta.dirty), *delta.dirty]
+        self._apply(args=args, client=pipe)
 
     def read(self, req: Read) -> ReadResult:
         with self._op("read"):

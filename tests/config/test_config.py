@@ -104,3 +104,18 @@ def test_missing_or_non_mapping_files_are_clear_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_every_config_key_is_documented() -> None:
+    import json
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+
+    def walk(prefix: str, v: object) -> list[str]:
+        if isinstance(v, dict) and v:
+            return [k for key, x in v.items() for k in walk(f"{prefix}.{key}".strip("."), x)]
+        return [prefix]
+
+    keys = walk("", json.loads(load_config(None).effective_json()))
+    missing = [k for k in keys if f"`{k}`" not in doc]
+    assert missing == []
