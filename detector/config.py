@@ -254,6 +254,9 @@ class MetricsConfig(_Frozen):
 
 
 class ModelsConfig(_Frozen):
+    # Persist the models (and the bucket they reached) every this many closed buckets; within
+    # the windows' retention, a restart re-learns the buckets since from the shared counters.
+    snapshot_every_buckets: int = Field(default=10, ge=1, le=30)
     # The instance holding this lease is the models' single writer; another takes over when
     # it stops renewing.
     lease_ttl_s: float = Field(default=15.0, gt=0)

@@ -627,7 +627,10 @@ class Pipeline:
         }
         states = self._alert_states(refresh=True)
         observations: list[tuple[Target, Finding | None, float]] = []
-        snapshots: dict[str, bytes] = {CLOCK_SNAPSHOT: str(b).encode()}
+        # Models and their clock are persisted together every few buckets; after a crash the
+        # next owner re-learns the buckets since from the shared counters, which still hold them.
+        persist = (b + 1) % self.cfg.models.snapshot_every_buckets == 0
+        snapshots: dict[str, bytes] = {CLOCK_SNAPSHOT: str(b).encode()} if persist else {}
         t_local = self._local_t(b * k.bucket_s)
         scores: dict[str, float] = {}
         observed: set[str] = set()
@@ -656,8 +659,9 @@ class Pipeline:
                 observations.append((Target("campaign_rate", "campaign", c, c), finding, t_end))
             observed.add(c)
             scores[c] = score
-            snapshots[f"rate:{c}"] = mdl.rate.snapshot()
-            snapshots[f"ratio:{c}"] = mdl.ratio.snapshot()
+            if persist:
+                snapshots[f"rate:{c}"] = mdl.rate.snapshot()
+                snapshots[f"ratio:{c}"] = mdl.ratio.snapshot()
         for raw in states.values():
             ep = Episode.decode(raw)
             if ep.rule == "campaign_rate" and ep.key not in observed:

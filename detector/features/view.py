@@ -1,13 +1,15 @@
 """From state to features: the windowed figures rules look at, read in one round trip.
 
 Members seen after ``t`` (applied already by a partition read ahead) are left out, so that a
-figure depends on the events up to ``t`` only, as in replay. Only what rules use is read: codes need their distinct sets (accounts, devices, IPs; those of new
-accounts over the short window), accounts their codes, campaigns their counters over the short
-window. Each window is then a filter on the same rows, so one read serves all three windows.
+figure depends on the events up to ``t`` only, as in replay. Only what rules use is read: codes
+need their distinct sets (accounts, devices, IPs; those of new accounts over the short window),
+accounts their codes, campaigns their counters over the short window. Each window is then a
+filter on the same rows, so one read serves every window.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -135,14 +137,17 @@ class FeatureReader:
         out = (
             (f.new_accounts, f.new_devices, f.new_ips) if new else (f.accounts, f.devices, f.ips)
         )
-        for w in windows:
-            since = f.t - self._w[w]
-            n = dict.fromkeys(dims, 0)
-            for m, ts in rows:
-                if since < ts <= f.t:
-                    n[m[0]] = n.get(m[0], 0) + 1
-            for target, d in zip(out, dims, strict=True):
-                target[w] = n[d]
+        times: dict[str, list[float]] = {d: [] for d in dims}
+        for m, ts in rows:
+            lst = times.get(m[0])
+            if lst is not None:
+                lst.append(ts)
+        for target, d in zip(out, dims, strict=True):
+            lst = sorted(times[d])
+            # Window (t - w, t]: members after t were applied by a partition read ahead.
+            upto = bisect_right(lst, f.t)
+            for w in windows:
+                target[w] = upto - bisect_right(lst, f.t - self._w[w])
 
     def _codes(self, f: Features, rows: list[tuple[str, float]]) -> None:
         for w in WINDOWS[:3]:

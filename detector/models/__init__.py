@@ -4,10 +4,10 @@ Both follow :class:`detector.models.base.OnlineModel` (River's ``AnomalyDetector
 warm-up, ``expected``/``band`` and byte snapshots).
 """
 
+from detector.models.discount import DiscountBaseline
 from detector.models.rate import RateModel
-from detector.models.ratio import RatioBaseline
 
 #: Every model class, for the contract tests.
-ALL_MODELS = (RateModel, RatioBaseline)
+ALL_MODELS = (RateModel, DiscountBaseline)
 
-__all__ = ["ALL_MODELS", "RateModel", "RatioBaseline"]
+__all__ = ["ALL_MODELS", "DiscountBaseline", "RateModel"]

@@ -31,7 +31,7 @@ class DiscountBaseline(AnomalyDetector):
     @staticmethod
     def _clean(x: dict[str, float], key: str, default: float | None) -> float | None:
         v = x.get(key, default)
-        if not isinstance(v, int | float) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             return default
         return float(v)
 
@@ -59,6 +59,7 @@ class DiscountBaseline(AnomalyDetector):
         v = self._clean(x, "value", None)
         if v is None or self._w <= 0:
             return 0.0
+        v = min(max(v, 0.0), 1.0)  # ratios live in [0, 1], as learned
         n = max(self._clean(x, "weight", 1.0) or 1.0, 1.0)
         z = (v - self.expected()) / (self.std() / math.sqrt(n))
         # 0 at the norm or below; 0.5 at 3 standard errors above; towards 1 far above.
