@@ -152,6 +152,33 @@ class Metrics:
             if pair is not None:
                 self.firing_unlabelled.labels(*pair).dec()
 
+    def sync(self, firing: list[Alert]) -> None:
+        """Make the firing gauge match the shared episode states exactly.
+
+        Every instance exports the same firing set (Prometheus rules aggregate with max), so an
+        instance that did not deliver a record, or missed a resolution, still tells the truth.
+        """
+        ids = {a.alert_id for a in firing}
+        for gone in [i for i in (*self._labelled, *self._unlabelled) if i not in ids]:
+            rule, severity = (self._labelled.get(gone) or self._unlabelled[gone])[:2]
+            self.track(
+                Alert(
+                    alert_id=gone,
+                    status="resolved",
+                    rule=rule,
+                    severity=severity,  # type: ignore[arg-type]
+                    scope="global",
+                    key="*",
+                    campaign_id=None,
+                    detected_at="",
+                    value=0.0,
+                    threshold=None,
+                    summary="",
+                )
+            )
+        for a in firing:
+            self.track(a)
+
     def store_observer(self, op: str, seconds: float, ok: bool) -> None:
         self.store_seconds.labels(op).observe(seconds)
         if not ok:

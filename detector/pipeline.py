@@ -313,9 +313,7 @@ class Pipeline:
             # Memory first: past this, release everything (a lagging partition's events may
             # then arrive late, and are counted so).
             return math.inf
-        holding = [
-            self._frontier.get(p, -math.inf) for p in self._assigned_at if not caught_up(p)
-        ]
+        holding = [self._frontier.get(p, -math.inf) for p in self._assigned_at if not caught_up(p)]
         return min(holding) if holding else math.inf
 
     def drop_buffers(self) -> None:
@@ -516,12 +514,17 @@ class Pipeline:
             self.stats.alerts[k] = self.stats.alerts.get(k, 0) + 1
         self.store.ack_outbox([i for i, _ in pending])
 
-    def restore_firing(self) -> None:
-        """Rebuild the firing-alerts gauge from the store (after a restart)."""
-        for raw in self.store.alert_states().values():
-            ep = Episode.decode(raw)
-            if ep.status == "firing":
-                self.metrics.track(Alert.from_json(ep.record("firing", ep.fired_at)))
+    def restore_firing(self, states: dict[str, bytes] | None = None) -> None:
+        """Make the firing-alerts gauge match the shared episode states (start, bucket ends)."""
+        raw_states = self.store.alert_states() if states is None else states
+        firing = [Episode.decode(raw) for raw in raw_states.values()]
+        self.metrics.sync(
+            [
+                Alert.from_json(ep.record("firing", ep.fired_at))
+                for ep in firing
+                if ep.status == "firing"
+            ]
+        )
 
     def recover(self) -> None:
         """At start: deliver an outbox left by a crash, evaluate entities left dirty."""
@@ -684,6 +687,7 @@ class Pipeline:
     def _recheck_firing(self, at: float) -> None:
         """Re-evaluate open episodes at event time ``at``, so that they clear and resolve."""
         states = self._alert_states(refresh=not self._leader)
+        self.restore_firing(states)
         targets = []
         for raw in states.values():
             ep = Episode.decode(raw)

@@ -49,7 +49,8 @@ class CodeShared:
             campaign=camp,
             severity=cfg.severity,
             value=float(accounts),
-            threshold=float(cfg.min_accounts),
+            # Below min_accounts it fired on a second household: that is the line it crossed.
+            threshold=float(cfg.min_accounts if accounts >= cfg.min_accounts else 2),
             summary=f"personal code {code} used by {accounts} accounts ({f.devices[w]} devices, "
             f"{f.ips[w]} IPs) in {win}; {norm}. Likely leaked: suspend the code.",
         )

@@ -127,3 +127,38 @@ def test_two_instances_deciding_the_same_episode_emit_one_record() -> None:
     assert store.commit(Commit(changes=da.changes)) == [True]
     assert store.commit(Commit(changes=db.changes)) == [False]
     assert len(store.outbox()) == 1
+
+
+def test_metrics_gauge_follows_the_shared_firing_set() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from detector.metrics import Metrics
+
+    m = Metrics(CollectorRegistry())
+
+    def alert(i: str, status: str = "firing") -> Alert:
+        return Alert(
+            alert_id=i,
+            status=status,
+            rule="code_shared",
+            severity="page",
+            scope="code",  # type: ignore[arg-type]
+            key=f"K{i}",
+            campaign_id="NY",
+            detected_at="",
+            value=2,
+            threshold=2,
+            summary="",
+        )
+
+    def firing() -> set[str]:
+        return {
+            s.labels["key"]
+            for metric in m.registry.collect()
+            if metric.name == "detector_firing_alerts"
+            for s in metric.samples
+        }
+
+    m.alert(alert("1"))
+    m.sync([alert("2")])  # another instance fired 2 and resolved 1
+    assert firing() == {"K2"}
