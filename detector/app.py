@@ -164,7 +164,7 @@ class _Reloader:
 def run(cfg: Config, cfg_path: str | None) -> int:
     """`detector run`: consume Kafka, keep state in Redis, alert; exit 0 on SIGTERM/SIGINT."""
     from detector.sinks.kafka import KafkaAlertSink, KafkaDeadLetterSink
-    from detector.sources.kafka import KafkaSource
+    from detector.sources.kafka import KafkaSource, check_access
 
     metrics = Metrics(CollectorRegistry(), cfg.metrics.max_firing_labels)
     server = serve(metrics, cfg.metrics.host, cfg.metrics.port)
@@ -172,6 +172,8 @@ def run(cfg: Config, cfg_path: str | None) -> int:
     store = make_store(cfg, cfg.state, metrics)
     backoff = cfg.redis.retry_backoff_max_s
     _retry_store(store, metrics, store.ping, backoff)
+    # Wrong Kafka credentials or CA: exit 1 naming them, not a bootstrap timeout.
+    check_access(cfg.kafka, min(10.0, cfg.kafka.request_timeout_ms / 1000))
     sinks: list[AlertSink] = []
     if cfg.alerts.kafka:
         sinks.append(KafkaAlertSink(cfg.kafka))

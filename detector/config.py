@@ -13,10 +13,19 @@ import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from detector.errors import ConfigError
@@ -73,6 +82,24 @@ class RedisConfig(_Frozen):
     # Longest pause between retries while Redis is unreachable; `run` never drops events
     # meanwhile: it stops consuming, reports detector_store_up 0, and resumes on its own.
     retry_backoff_max_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_out_of_url(cls, data: Any) -> Any:
+        """A password written into ``url`` moves to ``password`` (an explicit ``password`` or
+        DETECTOR_REDIS__PASSWORD wins), so that it is masked like any secret and never printed
+        with the URL (check-config, repr, logs)."""
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urlsplit(data["url"])
+        if parts.password is None:
+            return data
+        user = f"{parts.username}@" if parts.username else ""
+        netloc = user + parts.netloc.rpartition("@")[2]
+        out = {**data, "url": urlunsplit(parts._replace(netloc=netloc))}
+        if out.get("password") is None:
+            out["password"] = unquote(parts.password)
+        return out
 
 
 class EventsConfig(_Frozen):
@@ -389,6 +416,8 @@ def _format(e: ValidationError, prefix: str = "") -> str:
         key = ".".join(str(p) for p in loc)
         key = f"{prefix}.{key}" if prefix else key
         received = err.get("input")
+        if loc and str(loc[-1]).endswith("password"):
+            received = "**********"  # never echo a secret, not even an invalid one
         if err["type"] == "extra_forbidden":
             allowed = _allowed_at(loc)
             lines.append(f"config key '{key}' is unknown; allowed keys here: {allowed}")

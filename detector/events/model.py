@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _rfc3339(v: object) -> object:
+    # Strict mode would also read a string of digits as Unix time (seconds or milliseconds,
+    # guessed by size): not RFC 3339 and without an offset. So: a string shaped like a date-time,
+    # then parsed in lax mode (the only mode in which a validator's string is parsed).
+    if not isinstance(v, str):
+        raise PydanticCustomError("datetime_type", "Input should be an RFC 3339 string")
+    if not _DATE_TIME.match(v):
+        raise ValueError("timestamp must be RFC 3339, e.g. 2026-01-12T10:00:00Z")
+    return v
 
 
 def _aware(v: datetime) -> datetime:
@@ -21,7 +36,9 @@ def _finite(v: float) -> float:
     return v
 
 
-AwareTime = Annotated[datetime, AfterValidator(_aware)]
+AwareTime = Annotated[
+    datetime, Field(strict=False), BeforeValidator(_rfc3339), AfterValidator(_aware)
+]
 Amount = Annotated[float, Field(ge=0), AfterValidator(_finite)]
 
 

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from detector.alerts.record import Alert
 from detector.config import KafkaConfig
+from detector.errors import SourceError
 from detector.sources.base import Record
 from detector.sources.kafka import client_options
 
@@ -16,7 +18,13 @@ from detector.sources.kafka import client_options
 def producer(cfg: KafkaConfig, **extra: Any) -> Any:
     opts = client_options(cfg)
     opts.update(acks="all", linger_ms=5, retries=5, **extra)
-    return KafkaProducer(**opts)
+    try:
+        return KafkaProducer(**opts)
+    except KafkaError as e:
+        raise SourceError(
+            f"cannot connect to Kafka at {cfg.bootstrap_servers} "
+            f"({cfg.security_protocol}): {type(e).__name__}: {e}"
+        ) from None
 
 
 class KafkaAlertSink:

@@ -8,6 +8,8 @@ committed offsets say (those are committed too, after the store, for lag monitor
 from __future__ import annotations
 
 import contextlib
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +17,9 @@ from typing import Any
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import KafkaError
+from kafka.net.sasl import get_sasl_mechanism
+from kafka.protocol.parser import KafkaProtocol
+from kafka.protocol.sasl import SaslAuthenticateRequest, SaslHandshakeRequest
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from detector.config import KafkaConfig
@@ -44,6 +49,103 @@ def client_options(cfg: KafkaConfig) -> dict[str, Any]:
         opts["ssl_keyfile"] = cfg.ssl_keyfile
         opts["ssl_check_hostname"] = cfg.ssl_check_hostname
     return opts
+
+
+def check_access(cfg: KafkaConfig, timeout_s: float = 10.0) -> None:
+    """Fail fast and clearly when a broker refuses our TLS set-up or SASL credentials.
+
+    kafka-python 3.0.12 never reports either: it discards the broker's SaslAuthenticate error
+    response (it arrives together with the connection close) and retries the bootstrap until
+    "Unable to bootstrap". So before the clients are built, this talks to the first bootstrap
+    server that answers (TLS handshake, SaslHandshake v1, SaslAuthenticate v1) and raises
+    ``SourceError`` on a definite verdict. An unreachable broker is left to the clients.
+    """
+    if cfg.security_protocol == "PLAINTEXT":
+        return
+    sasl = cfg.security_protocol.startswith("SASL_")
+    if sasl and (not cfg.sasl_username or cfg.sasl_password is None):
+        raise SourceError(
+            f"kafka.security_protocol {cfg.security_protocol} needs kafka.sasl_username and "
+            f"kafka.sasl_password (env DETECTOR_KAFKA__SASL_PASSWORD)"
+        )
+    for server in cfg.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+        except (OSError, ValueError):
+            continue
+        try:
+            if cfg.security_protocol.endswith("SSL"):
+                sock = _tls_context(cfg).wrap_socket(sock, server_hostname=host)
+            if sasl:
+                _sasl_probe(cfg, sock, host, server)
+            return
+        except ssl.SSLCertVerificationError as e:
+            raise SourceError(
+                f"TLS to Kafka at {server} failed: the broker's certificate was not accepted "
+                f"({e.verify_message}); check kafka.ssl_cafile and kafka.ssl_check_hostname"
+            ) from None
+        except (OSError, KafkaError) as e:
+            # Reset, timeout, refused mid-way: not a verdict; the clients will retry and report.
+            log.warning("kafka access probe inconclusive", server=server, error=str(e))
+        finally:
+            sock.close()
+
+
+def _tls_context(cfg: KafkaConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=cfg.ssl_cafile)
+    ctx.check_hostname = cfg.ssl_check_hostname
+    if cfg.ssl_certfile:
+        ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
+    return ctx
+
+
+def _roundtrip(sock: socket.socket, proto: Any, request: Any) -> Any:
+    proto.send_request(request)
+    sock.sendall(proto.send_bytes())
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("the broker closed the connection")
+        responses = proto.receive_bytes(data)
+        if responses:
+            return responses[0][1]
+
+
+def _sasl_probe(cfg: KafkaConfig, sock: socket.socket, host: str, server: str) -> None:
+    mech_name = cfg.sasl_mechanism or "PLAIN"
+    proto = KafkaProtocol(client_id=cfg.client_id)
+    hs = _roundtrip(sock, proto, SaslHandshakeRequest(mechanism=mech_name, version=1))
+    if hs.error_code or mech_name not in hs.mechanisms:
+        raise SourceError(
+            f"Kafka at {server} does not enable SASL mechanism {mech_name}; it offers "
+            f"{', '.join(hs.mechanisms) or 'none'} (kafka.sasl_mechanism)"
+        )
+    password = cfg.sasl_password.get_secret_value() if cfg.sasl_password else ""
+    mech = get_sasl_mechanism(mech_name)(
+        host=host,
+        security_protocol=cfg.security_protocol,
+        sasl_mechanism=mech_name,
+        sasl_plain_username=cfg.sasl_username,
+        sasl_plain_password=password,
+    )
+    refused = (
+        f"Kafka at {server} refused the SASL credentials: authentication failed for user "
+        f"{cfg.sasl_username!r} with mechanism {mech_name}"
+    )
+    hint = "check kafka.sasl_username and kafka.sasl_password (DETECTOR_KAFKA__SASL_PASSWORD)"
+    while not mech.is_done():
+        resp = _roundtrip(
+            sock, proto, SaslAuthenticateRequest(auth_bytes=mech.auth_bytes(), version=1)
+        )
+        if resp.error_code:
+            raise SourceError(f"{refused} ({resp.error_message}); {hint}")
+        try:
+            mech.receive(resp.auth_bytes)
+        except (KafkaError, ValueError) as e:  # e.g. a SCRAM server signature that does not match
+            raise SourceError(f"{refused} ({type(e).__name__}); {hint}") from None
+    if not mech.is_authenticated():
+        raise SourceError(f"{refused}; {hint}")
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -87,7 +87,7 @@ class MemoryStore:
             if z is None:
                 z = self._zsets[key] = {}
             latest = 0.0
-            self._zmin[key] = min(self._zmin.get(key, math.inf), min(members.values()))
+            self._zmin[key] = min(self._zmin.get(key, math.inf), *members.values())
             for m, ts in members.items():
                 if z.get(m, -1.0) < ts:
                     z[m] = ts

@@ -96,7 +96,8 @@ end
 for key, _ in pairs(hashes) do redis.call('EXPIRE', key, ttl) end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  local key, kttl, cap, m = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local key, kttl = ARGV[i], tonumber(ARGV[i + 1])
+  local cap, m = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   i = i + 4
   local args, latest = {'ZADD', key, 'GT'}, -math.huge
   for _ = 1, m do

@@ -49,7 +49,10 @@ def test_threshold_above_the_exact_distinct_cap_is_refused(tmp_path: Path) -> No
 
 
 def test_per_campaign_overrides_apply_only_to_that_campaign(tmp_path: Path) -> None:
-    text = "campaigns:\n  NY:\n    kind: personal\n    rules:\n      code_shared:\n        min_accounts: 5\n"
+    text = (
+        "campaigns:\n  NY:\n    kind: personal\n    rules:\n"
+        "      code_shared:\n        min_accounts: 5\n"
+    )
     cfg = load_config(write(tmp_path, text))
     assert cfg.rule_for("code_shared", "NY").min_accounts == 5
     assert cfg.rule_for("code_shared", "OTHER").min_accounts == 3
@@ -57,7 +60,7 @@ def test_per_campaign_overrides_apply_only_to_that_campaign(tmp_path: Path) -> N
 
 def test_invalid_override_value_is_refused_with_its_path(tmp_path: Path) -> None:
     text = "campaigns:\n  NY:\n    rules:\n      code_shared:\n        min_accounts: one\n"
-    with pytest.raises(ConfigError, match="campaigns.NY.rules.code_shared.min_accounts"):
+    with pytest.raises(ConfigError, match=r"campaigns\.NY\.rules\.code_shared\.min_accounts"):
         load_config(write(tmp_path, text))
 
 
@@ -94,7 +97,8 @@ def test_check_config_prints_effective_values_and_exits_0(
 def test_check_config_exits_3_on_an_invalid_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["check-config", str(write(tmp_path, "alerts:\n  max_firing: -1\n"))]) == EXIT_CONFIG
+    bad = write(tmp_path, "alerts:\n  max_firing: -1\n")
+    assert main(["check-config", str(bad)]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert "alerts.max_firing" in err and "-1" in err
 
