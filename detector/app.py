@@ -105,11 +105,14 @@ def replay(
 class _Reloader:
     """Hot reload on SIGHUP or when the file changes; restart-only keys are refused."""
 
-    def __init__(self, path: str | None, cfg: Config, metrics: Metrics) -> None:
+    def __init__(
+        self, path: str | None, cfg: Config, metrics: Metrics, loaded_mtime: float | None = None
+    ) -> None:
         self.path = path
         self.cfg = cfg
         self._metrics = metrics
-        self._mtime = self._stat()
+        # The file's time when it was loaded: an edit during start-up is still picked up.
+        self._mtime = self._stat() if loaded_mtime is None else loaded_mtime
         self._hup = False
         self._next_check = 0.0
         metrics.set_config(cfg.config_hash())
@@ -161,7 +164,7 @@ class _Reloader:
         return new
 
 
-def run(cfg: Config, cfg_path: str | None) -> int:
+def run(cfg: Config, cfg_path: str | None, loaded_mtime: float | None = None) -> int:
     """`detector run`: consume Kafka, keep state in Redis, alert; exit 0 on SIGTERM/SIGINT."""
     from detector.sinks.kafka import KafkaAlertSink, KafkaDeadLetterSink
     from detector.sources.kafka import KafkaSource, check_access
@@ -197,7 +200,7 @@ def run(cfg: Config, cfg_path: str | None) -> int:
 
     source = KafkaSource(cfg.kafka, stored_offsets, assigned, revoked)
     pipe = Pipeline(cfg, store, sinks, dlq, metrics, source=source.name, owner=owner, live=True)
-    reloader = _Reloader(cfg_path, cfg, metrics)
+    reloader = _Reloader(cfg_path, cfg, metrics, loaded_mtime)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("stopping: finishing the current batch", signal=signal.Signals(signum).name)

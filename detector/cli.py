@@ -50,9 +50,10 @@ def cmd_replay(a: argparse.Namespace) -> int:
 def cmd_run(a: argparse.Namespace) -> int:
     from detector.app import run
 
+    mtime = Path(a.config).stat().st_mtime if a.config and Path(a.config).exists() else None
     cfg = _config(a.config)
     setup(cfg.logging.level, cfg.logging.format)
-    return run(cfg, a.config)
+    return run(cfg, a.config, mtime)
 
 
 def cmd_check_config(a: argparse.Namespace) -> int:
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from detector.simulate.command import register as register_simulate
 
     register_simulate(sub)
+    from detector.backtest.command import register as register_backtest
+
+    register_backtest(sub)
     return p
 
 

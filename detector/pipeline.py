@@ -192,6 +192,10 @@ class Pipeline:
                 self._applied[p] = prog.offsets[p]
             if p in prog.max_ts:
                 self._max_ts[p] = prog.max_ts[p]
+        # The watermark is recomputed from the partitions now held: one taken over from another
+        # instance (or held by a crashed one for a session timeout) may be behind the others,
+        # and its events must not count as late for that (they would be skipped for good).
+        self._wm = -math.inf
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -599,11 +603,18 @@ class Pipeline:
         if campaign not in self._models:
             if campaign in self._no_snapshot:
                 return None
-            snap = self.store.snapshots([f"ratio:{campaign}"]).get(f"ratio:{campaign}")
+            names = [f"rate:{campaign}", f"ratio:{campaign}"]
+            snaps = self.store.snapshots(names)
+            rate_b, snap = snaps.get(names[0]), snaps.get(names[1])
             if snap is None:
                 self._no_snapshot.add(campaign)
                 return None
-            self._models[campaign] = _CampaignModels(RateModel(), DiscountBaseline.restore(snap))
+            # Both models as stored, never a blank rate model: the models' writer (this instance
+            # after a restart, or when it takes the lease over) learns on from this cache entry.
+            self._models[campaign] = _CampaignModels(
+                RateModel.restore(rate_b) if rate_b else RateModel(),
+                DiscountBaseline.restore(snap),
+            )
         return self._models[campaign].ratio
 
     def _close_bucket(self, b: int) -> None:
