@@ -167,6 +167,8 @@ class Pipeline:
         self._states: dict[str, bytes] | None = None
         # Campaigns without a snapshot, until the next closed bucket (no read per event).
         self._no_snapshot: set[str] = set()
+        self._model_cursor: int | None = None  # last bucket the models learned
+        self._lease_retry_at = 0.0
         self._leader = False
 
     # -- configuration -------------------------------------------------------------------------
@@ -368,6 +370,8 @@ class Pipeline:
         self, items: list[tuple[Record, Event | None]], offsets: dict[int, int]
     ) -> None:
         wm = self.watermark()
+        lateness = self.cfg.events.allowed_lateness_s
+        newest = -math.inf  # within the slice too: an old event after new ones is late
         fresh: list[tuple[Record, Event]] = []
         late = 0
         for r, ev in items:
@@ -375,9 +379,10 @@ class Pipeline:
                 continue
             if ev.ts > self._max_ts.get(r.partition, -math.inf):
                 self._max_ts[r.partition] = ev.ts
-            if ev.ts < wm:
+            if ev.ts < wm or ev.ts < newest - lateness:
                 late += 1
             else:
+                newest = max(newest, ev.ts)
                 fresh.append((r, ev))
         src = self.source
         claims = [(ev.event_id, f"{src}:{r.partition}:{r.offset}") for r, ev in fresh]
@@ -544,7 +549,7 @@ class Pipeline:
     # -- closed buckets: models and resolution --------------------------------------------------
 
     def tick(self) -> None:
-        """Close every bucket the watermark has passed (models), then re-check firing alerts."""
+        """Close every bucket the watermark has passed: models (if ours), re-checks of alerts."""
         wm = self.watermark()
         if wm == -math.inf:
             return
@@ -552,20 +557,43 @@ class Pipeline:
         bucket_s = self.cfg.windows.bucket_s
         target = math.floor(wm / bucket_s) - 1
         if self._last_closed is None:
-            self._last_closed = self._load_clock(target)
+            self._last_closed = target
+        horizon = target - self.cfg.windows.long_s // bucket_s + 1
+        self._models_step(target, horizon)
         if target <= self._last_closed:
             return
-        self._leader = self.store.try_lease(MODELS_LEASE, self.owner, self.cfg.models.lease_ttl_s)
-        self._no_snapshot.clear()
-        first = max(self._last_closed + 1, target - self.cfg.windows.long_s // bucket_s + 1)
-        if not self._leader:
-            self._models.clear()  # read fresh snapshots from the owner next time
-        for b in range(first, target + 1):
-            if self._leader:
-                self._close_bucket(b)
+        for b in range(max(self._last_closed + 1, horizon), target + 1):
             # At each bucket's end, not "now": both replay and run check at the same times.
             self._recheck_firing((b + 1) * bucket_s - 1e-3)
         self._last_closed = target
+
+    def _models_step(self, target: int, horizon: int) -> None:
+        """Learn closed buckets while holding the models lease, from where the snapshot stopped.
+
+        The lease is retried (at most once a second) even when no bucket closes, so an
+        instance restarted after a crash takes over once the dead owner's lease expires, and
+        catches up from the persisted clock rather than skipping the buckets in between.
+        """
+        now = time.monotonic()
+        lagging = self._model_cursor is None or target > self._model_cursor
+        ttl = self.cfg.models.lease_ttl_s
+        # The owner renews well within the TTL; others retry while there is work to take over.
+        if (lagging or self._leader) and now >= self._lease_retry_at:
+            self._lease_retry_at = now + min(1.0, ttl / 3)
+            was = self._leader
+            self._leader = self.store.try_lease(MODELS_LEASE, self.owner, ttl)
+            self._no_snapshot.clear()
+            if self._leader and not was:
+                self._models.clear()  # snapshots and their clock belong together
+                self._model_cursor = self._load_clock(target)
+            elif not self._leader:
+                self._models.clear()  # read the owner's fresh snapshots next time
+                self._model_cursor = None
+        if not self._leader or self._model_cursor is None:
+            return
+        for b in range(max(self._model_cursor + 1, horizon), target + 1):
+            self._close_bucket(b)
+        self._model_cursor = max(self._model_cursor, target)
 
     def _load_clock(self, target: int) -> int:
         snap = self.store.snapshots([CLOCK_SNAPSHOT]).get(CLOCK_SNAPSHOT)

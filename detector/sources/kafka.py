@@ -200,12 +200,23 @@ class KafkaSource:
             ) from None
 
     def _assigned(self, partitions: list[int]) -> None:
+        # The pipeline loads the store's progress for these partitions first, so that the
+        # offsets below cover them (before, it knew none of them here: nothing was sought).
+        # Every partition is then sought: kafka-python keeps its fetch position for a partition
+        # this instance already had, which is past the records it fetched and the revocation
+        # dropped unapplied from the alignment buffers; and Kafka's committed offsets, where a
+        # new partition would start, may be ahead of the store's if Redis lost its last writes.
+        self._on_assign(partitions)
         stored = self._stored()
         for p in partitions:
+            tp = TopicPartition(self._topic, p)
             if p in stored:
-                self._c.seek(TopicPartition(self._topic, p), stored[p])
+                self._c.seek(tp, stored[p])
+            elif self._cfg.auto_offset_reset == "earliest":
+                self._c.seek_to_beginning(tp)  # nothing of it in the store yet
+            else:
+                self._c.seek_to_end(tp)
         log.info("partitions assigned", topic=self._topic, partitions=sorted(partitions))
-        self._on_assign(partitions)
 
     def _revoked(self, partitions: list[int]) -> None:
         # Runs on kafka-python's IO thread, where blocking commits are not allowed; the store
