@@ -9,7 +9,8 @@
 #   make test         venv + stack up + lint + typecheck + pytest (leaves the stack
 #                     running for the next run; .ci/run takes it down)
 #   make demo         the end-to-end demo (`detector demo`)
-#   make bench-smoke  a quick benchmark run
+#   make bench-smoke  a quick benchmark run (~2 min; bench/README.md)
+#   make bench        the full benchmark, writes bench/results/perf.json
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -22,10 +23,10 @@ STACK := deploy/local/stack.sh
 # up source changes by itself.
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv up down status lint typecheck test demo bench-smoke
+.PHONY: help venv up down status lint typecheck test demo bench-smoke bench
 
 help:
-	@sed -n '4,15s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '4,16s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 venv: $(STAMP)
 
@@ -59,3 +60,6 @@ demo: venv
 
 bench-smoke: venv
 	$(PY) -m bench.run --smoke
+
+bench: venv
+	$(PY) -m bench.run

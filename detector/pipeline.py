@@ -170,6 +170,11 @@ class Pipeline:
         self._model_cursor: int | None = None  # last bucket the models learned
         self._lease_retry_at = 0.0
         self._leader = False
+        # Set when the store may hold work this instance did not finish (a failed call after an
+        # apply, partitions from a crashed instance): recover() runs before the next batch.
+        self._recover_pending = False
+        # The source's "nothing more to fetch right now" per partition (run only).
+        self._caught_up: Callable[[int], bool] | None = None
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -216,11 +221,27 @@ class Pipeline:
         over; the caller rewinds the source to these offsets and drops its in-flight batch.
         """
         parts = sorted(set(self._assigned_at) | set(self._applied))
-        self.drop_buffers()
         prog = self.store.progress(self.source, parts)
+        # A slice applied before the failure may not have been evaluated nor its alerts
+        # delivered: its entities are in the dirty set, its records in the outbox.
+        self._recover_pending = True
+        # The models may have learned a bucket whose commit failed (or whose successors' did):
+        # continue from the persisted snapshots and their clock, as a new lease owner does.
+        if self._leader:
+            self._leader = False
+            self._models.clear()
+            self._lease_retry_at = 0.0
+        self._model_cursor = None
+        # Bucket-end re-checks resume from the store's clock (below), not from ours.
+        self._last_closed = None
+        self._states = None
         self._applied = dict(prog.offsets)
-        for p, ts in prog.max_ts.items():
-            self._max_ts[p] = max(self._max_ts.get(p, ts), ts)
+        # The store's clock, not ours: a Redis that lost its last writes (restarted without its
+        # last second of AOF) lost their offsets too, and the records it lost, applied again,
+        # must not count as late against a watermark that had gone past them.
+        self._max_ts = dict(prog.max_ts)
+        self._wm = -math.inf
+        self.drop_buffers()
         return dict(prog.offsets)
 
     def watermark(self) -> float:
@@ -232,10 +253,15 @@ class Pipeline:
         else:
             now = self.wall()
             idle_s = self.cfg.events.idle_partition_s
+            caught_up = self._caught_up
             held: list[float] = []
             for p, since in self._assigned_at.items():
                 ts = self._max_ts.get(p)
                 quiet = now - self._last_data.get(p, since) >= idle_s
+                if quiet and caught_up is not None and not caught_up(p):
+                    # Records still to fetch: slow to come (a backlog fetched unevenly across
+                    # partitions), not idle. Were it let go, its events would all be late.
+                    quiet = False
                 if ts is None:
                     if not quiet:
                         return self._wm  # a partition not read yet: its events may be older
@@ -245,7 +271,8 @@ class Pipeline:
             top = max(self._max_ts.values())
             wm = (min(held) if held else top) - lateness
             idle = now - self._last_event_wall
-            if idle >= self.cfg.events.idle_advance_s:
+            nothing_to_fetch = caught_up is None or all(map(caught_up, self._assigned_at))
+            if idle >= self.cfg.events.idle_advance_s and nothing_to_fetch:
                 # No traffic at all: let time pass so that alerts resolve (CONTRACT.md §2).
                 wm = max(wm, top + idle - lateness)
         self._wm = max(self._wm, wm)
@@ -268,6 +295,10 @@ class Pipeline:
         ``p`` has nothing more to fetch right now; without it every partition is caught up.
         """
         t0 = time.perf_counter()
+        self._caught_up = caught_up
+        if self._recover_pending:
+            self.recover()
+            self._recover_pending = False
         wall_now = self.wall()
         ev_cfg = self.cfg.events
         bad = 0
@@ -680,6 +711,12 @@ class Pipeline:
             _, q, rsum, sq = row
             mdl = self._models[c]
             recent = feats[c].redemptions["short"]
+            if mdl.rate.n == 0 and recent == 0:
+                # Not started yet: a campaign is modelled from the first bucket whose short window
+                # holds one of its redemptions. Candidates come from whole-segment volumes, which
+                # may already hold later events; starting on those would make the models depend
+                # on how far ahead the store is (speed, restarts, other instances).
+                continue
             x = {"value": recent / orders if orders > 0 else 0.0, "t": t_local}
             # The sustained score: an incident keeps holding while it lasts, not only at onset.
             score = mdl.rate.sustained_score_one(x)
