@@ -148,6 +148,10 @@ def _sasl_probe(cfg: KafkaConfig, sock: socket.socket, host: str, server: str) -
         raise SourceError(f"{refused}; {hint}")
 
 
+# How often lag() asks the brokers for the partitions' end offsets (one ListOffsets request).
+_END_OFFSETS_EVERY_S = 2.0
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, src: KafkaSource) -> None:
         self._src = src
@@ -176,6 +180,8 @@ class KafkaSource:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._stop = False
+        self._ends: dict[int, int] = {}
+        self._ends_at = 0.0
         self._c = consumer if consumer is not None else self._consumer()
 
     def _consumer(self) -> Any:
@@ -239,20 +245,42 @@ class KafkaSource:
             ]
             yield batch
 
+    def _end(self, tp: TopicPartition) -> int | None:
+        """The partition's end as last known: from fetch responses or from a ListOffsets.
+
+        kafka-python learns a partition's high watermark only from its fetch responses, and
+        does not fetch a partition again while records it fetched wait to be polled: with a
+        backlog, that value stays far behind the real end, and lag looked small while it grew.
+        """
+        hw: int | None = self._c.highwater(tp)
+        end = self._ends.get(tp.partition)
+        if hw is None or end is None:
+            return hw if end is None else end
+        return max(hw, end)
+
     def lag(self) -> dict[int, int]:
-        """Records behind the partition's end, per assigned partition (as far as fetched)."""
+        """Records behind the partition's end, per assigned partition."""
+        tps = list(self._c.assignment())
+        now = time.monotonic()
+        if tps and now >= self._ends_at:
+            self._ends_at = now + _END_OFFSETS_EVERY_S
+            try:
+                ends = self._c.end_offsets(tps, timeout_ms=1000)
+                self._ends = {tp.partition: int(o) for tp, o in ends.items()}
+            except KafkaError as e:
+                log.debug("end offsets not refreshed", error=str(e))
         out = {}
-        for tp in self._c.assignment():
-            hw = self._c.highwater(tp)
-            if hw is not None:
-                out[tp.partition] = max(0, hw - self._c.position(tp))
+        for tp in tps:
+            end = self._end(tp)
+            if end is not None:
+                out[tp.partition] = max(0, end - self._c.position(tp))
         return out
 
     def caught_up(self, partition: int) -> bool:
         """True when everything up to the partition's end has been fetched."""
         tp = TopicPartition(self._topic, partition)
-        hw = self._c.highwater(tp)
-        return hw is not None and self._c.position(tp) >= hw
+        end = self._end(tp)
+        return end is not None and self._c.position(tp) >= end
 
     def seek(self, offsets: dict[int, int]) -> None:
         """Rewind partitions to the store's offsets (after a store error, to retry cleanly)."""
