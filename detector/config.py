@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -476,6 +475,3 @@ def restart_needed(old: Config, new: Config) -> list[str]:
             keys.append(f"alerts.{k}")
     return keys
 
-
-def env_has_overrides() -> bool:
-    return any(k.startswith("DETECTOR_") for k in os.environ)
