@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -169,6 +169,18 @@ def run(cfg: Config, cfg_path: str | None, loaded_mtime: float | None = None) ->
     from detector.sinks.kafka import KafkaAlertSink, KafkaDeadLetterSink
     from detector.sources.kafka import KafkaSource, check_access
 
+    # Handlers first: a SIGTERM during start-up must still end in a clean exit 0.
+    stopping: list[int] = []
+    source_ref: list[Any] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping: finishing the current batch", signal=signal.Signals(signum).name)
+        stopping.append(signum)
+        for src in source_ref:
+            src.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     metrics = Metrics(CollectorRegistry(), cfg.metrics.max_firing_labels)
     server = serve(metrics, cfg.metrics.host, cfg.metrics.port)
     log.info("metrics served", address=f"{cfg.metrics.host}:{server.server_port}")
@@ -202,12 +214,9 @@ def run(cfg: Config, cfg_path: str | None, loaded_mtime: float | None = None) ->
     pipe = Pipeline(cfg, store, sinks, dlq, metrics, source=source.name, owner=owner, live=True)
     reloader = _Reloader(cfg_path, cfg, metrics, loaded_mtime)
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping: finishing the current batch", signal=signal.Signals(signum).name)
+    source_ref.append(source)
+    if stopping:
         source.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda *_: reloader.hangup())
     _retry_store(store, metrics, pipe.restore_firing, backoff)
     _retry_store(store, metrics, pipe.recover, backoff)
