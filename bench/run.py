@@ -458,7 +458,11 @@ def section_ceiling(ctx: Ctx) -> dict[str, Any]:
     out = ctx.workdir / "ceiling.json"
     res = _run_json_worker(
         _worker_cmd(
-            "ceiling", topic=ctx.topic, n=ctx.n, group=f"bench-{ctx.run_id}-ceiling", out=str(out)
+            "ceiling",
+            topic=ctx.topic,
+            n=ctx.n,
+            group=f"bench-{ctx.run_id}-ceiling{ctx.tag}",
+            out=str(out),
         ),
         out,
         600,
@@ -467,9 +471,11 @@ def section_ceiling(ctx: Ctx) -> dict[str, Any]:
 
 
 def section_run(ctx: Ctx) -> dict[str, Any]:
-    prefix = f"bench:{ctx.run_id}:run:"
+    prefix = f"bench:{ctx.run_id}:run{ctx.tag}:"
     ctx.prefixes.append(prefix)
-    cfg = detector_config(ctx.workdir, "run", ctx.topic, f"bench-{ctx.run_id}-run", prefix)
+    cfg = detector_config(
+        ctx.workdir, f"run{ctx.tag}", ctx.topic, f"bench-{ctx.run_id}-run{ctx.tag}", prefix
+    )
     d = Detector(cfg, ctx.workdir / "run.log")
     try:
         t_start = d.started
@@ -533,7 +539,7 @@ def section_replay(ctx: Ctx) -> dict[str, Any]:
 
 def section_quix(ctx: Ctx) -> dict[str, Any]:
     out = ctx.workdir / "quix.json"
-    state = Path(tempfile.mkdtemp(prefix=f"bench-quix-{ctx.run_id}-", dir="/tmp"))
+    state = Path(tempfile.mkdtemp(prefix=f"pdperf-quix-{ctx.run_id}-", dir="/tmp"))
     try:
         res = _run_json_worker(
             _worker_cmd(
@@ -542,7 +548,7 @@ def section_quix(ctx: Ctx) -> dict[str, Any]:
                 n=ctx.n,
                 n_code=ctx.stream["with_promo_code"],
                 grace_s=int(ctx.stream["span_s"]) + 600,
-                group=f"bench-{ctx.run_id}-quix",
+                group=f"bench-{ctx.run_id}-quix{ctx.tag}",
                 state_dir=str(state),
                 out=str(out),
             ),
@@ -628,9 +634,10 @@ def steady(
     windows: dict[str, Any] | None = None,
     events: dict[str, Any] | None = None,
     sample_every: float = 10.0,
-    redis_memory: Callable[[], int] | None = None,
+    redis_memory: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Produce at ``rate`` events/s with ts = now while `detector run` consumes."""
+    name = f"{name}{ctx.tag}"
     topic = ctx.topics.create(f"bench-{ctx.run_id}-{name}", ctx.p.partitions)
     group = f"bench-{ctx.run_id}-{name}"
     prefix = f"bench:{ctx.run_id}:{name}:"
@@ -648,15 +655,21 @@ def steady(
         prod = _producer(5)
         delivered: list[tuple[int, int, int]] = []
         failed = [0]
+        # own measure on at most ~1M records (a long soak samples every k-th delivery)
+        keep_every = max(1, int(rate * seconds) // 1_000_000)
+        n_delivered = [0]
 
         def on_delivery(err: Any, msg: Any) -> None:
             if err is not None:
                 failed[0] += 1
-            else:
+                return
+            n_delivered[0] += 1
+            if n_delivered[0] % keep_every == 0:
                 delivered.append((msg.partition(), msg.offset(), msg.timestamp()[1]))
 
         templates = ctx.lines
         tag = uuid.uuid4().int & 0xFFFFFFFF
+        progress = ctx.workdir / f"{name}-samples.jsonl"
         samples: list[dict[str, Any]] = []
         t0 = time.monotonic()
         t_measure = t0 + warmup
@@ -683,8 +696,10 @@ def steady(
                     "consumed": d.events_total(),
                 }
                 if redis_memory is not None:
-                    s["redis_used_memory"] = redis_memory()
+                    s.update(redis_memory())
                 samples.append(s)
+                with progress.open("a") as pf:  # survives a killed run
+                    pf.write(json.dumps(s) + "\n")
                 next_sample += sample_every
             due = int((now - t0) * rate)
             wall = time.time()
@@ -721,7 +736,7 @@ def steady(
             "consumed": d.events_total(),
         }
         if redis_memory is not None:
-            final["redis_used_memory"] = redis_memory()
+            final.update(redis_memory())
         samples.append(final)
         time.sleep(max(0.0, 2 * poller.every))
     finally:
@@ -763,6 +778,7 @@ def steady(
             "p99_s": _r(_pct(lags, 0.99)),
             "max_s": _r(lags[-1] if lags else float("nan")),
             "count": len(lags),
+            "sampled_every": keep_every,
             "undecided": undecided,
         },
         "rss_start": samples[0]["rss"] if samples else 0,
@@ -786,6 +802,17 @@ def _share_le(le: float, before: dict[float, float], after: dict[float, float]) 
     return (after[le] - before.get(le, 0.0)) / tot
 
 
+def redis_state(pr: PrivateRedis, base: int) -> dict[str, Any]:
+    """State size and how far Redis's active expiry lags (stale = expired, not yet reclaimed)."""
+    stats = pr.client.info("stats")
+    return {
+        "redis_used_memory": pr.used_memory() - base,
+        "redis_keys": pr.dbsize(),
+        "redis_expired_keys": int(stats.get("expired_keys", 0)),
+        "redis_expired_stale_perc": float(stats.get("expired_stale_perc", 0.0)),
+    }
+
+
 def section_latency(ctx: Ctx) -> dict[str, Any]:
     # A private Redis: 5k events/s leave ~1M dedupe claims (~200 MB) in 3 minutes, too much for
     # the shared 512 MB instance, and fault tests restart the shared one now and then.
@@ -800,7 +827,7 @@ def section_latency(ctx: Ctx) -> dict[str, Any]:
             ctx.p.latency_warmup_seconds,
             pr.url,
             sample_every=max(5.0, ctx.p.latency_seconds / 6),
-            redis_memory=lambda: pr.used_memory() - base,
+            redis_memory=lambda: redis_state(pr, base),
         )
     finally:
         pr.stop()
@@ -833,7 +860,7 @@ def section_soak(ctx: Ctx) -> dict[str, Any]:
             windows=SOAK_WINDOWS,
             events=SOAK_EVENTS,
             sample_every=30.0,
-            redis_memory=lambda: pr.used_memory() - base,
+            redis_memory=lambda: redis_state(pr, base),
         )
     finally:
         pr.stop()
@@ -852,6 +879,9 @@ def section_soak(ctx: Ctx) -> dict[str, Any]:
             "redis_growth_pct": round(
                 100 * (b["redis_used_memory"] / a["redis_used_memory"] - 1), 1
             ),
+            "redis_keys_from": a.get("redis_keys"),
+            "redis_keys_to": b.get("redis_keys"),
+            "redis_expired_stale_perc_to": b.get("redis_expired_stale_perc"),
             "rss_from": a["rss"],
             "rss_to": b["rss"],
             "rss_growth_pct": round(100 * (b["rss"] / a["rss"] - 1), 1),
@@ -893,9 +923,11 @@ def section_profile(ctx: Ctx) -> dict[str, Any]:
     memory.run_worker(cfg, "memory", [ctx.events_path], ctx.workdir / "prof-replay.json", wrap=wrap)
     out["replay"] = summarize_pyspy(raw)
     # run, Kafka + Redis: py-spy attached while it drains the topic
-    prefix = f"bench:{ctx.run_id}:prof:"
+    prefix = f"bench:{ctx.run_id}:prof{ctx.tag}:"
     ctx.prefixes.append(prefix)
-    cfgp = detector_config(ctx.workdir, "prof-run", ctx.topic, f"bench-{ctx.run_id}-prof", prefix)
+    cfgp = detector_config(
+        ctx.workdir, "prof-run", ctx.topic, f"bench-{ctx.run_id}-prof{ctx.tag}", prefix
+    )
     d = Detector(cfgp, ctx.workdir / "prof-run.log")
     raw = pdir / "run.pyspy.txt"
     spy = subprocess.Popen(
@@ -1142,6 +1174,7 @@ def worker_quix(a: dict[str, Any]) -> None:
 
 # Which stack services a section depends on (growth, replay and soak use none of the shared
 # ones, or only a private Redis plus Kafka).
+RETRY = ("ceiling", "run", "quix", "latency", "profile")
 USES_STACK = {
     "ceiling": ("kafka",),
     "run": ("kafka", "redis"),
@@ -1152,13 +1185,14 @@ USES_STACK = {
 }
 
 
-def run_section(
-    name: str, fn: Callable[[Ctx], dict[str, Any]], ctx: Ctx, attempts: int = 2
-) -> dict[str, Any]:
-    """Run a section; again once if another user restarted a stack service it uses meanwhile
-    (fault-injection tests share the stack), keeping the disturbed attempt's PIDs as a note."""
+def run_section(name: str, fn: Callable[[Ctx], dict[str, Any]], ctx: Ctx) -> dict[str, Any]:
+    """Run a section. When another user restarts a stack service it uses meanwhile (fault tests
+    share the stack), a short section runs once more under fresh names and the disturbed result
+    is kept under ``disturbed_attempts``; a long one (soak) is kept and flagged."""
     disturbed: list[dict[str, Any]] = []
+    attempts = 2 if name in RETRY else 1
     for attempt in range(attempts):
+        ctx.tag = f"-r{attempt + 1}" if attempt else ""
         say(f"section {name}" + (f" (attempt {attempt + 1})" if attempt else ""))
         pids0 = stack_pids()
         t0 = time.monotonic()
@@ -1174,16 +1208,10 @@ def run_section(
         if not moved:
             break
         say(f"  WARNING: {moved} restarted by someone else during {name}: {pids0} -> {pids1}")
-        disturbed.append(
-            {
-                "services": moved,
-                "before": pids0,
-                "after": pids1,
-                "result": {k: out.get(k) for k in ("events_per_s", "histogram")},
-            }
-        )
-    else:
-        out["stack_restarted_during"] = disturbed[-1]
+        out["stack_restarted_during"] = {"services": moved, "before": pids0, "after": pids1}
+        if attempt + 1 < attempts:
+            disturbed.append(out)
+    ctx.tag = ""
     if disturbed:
         out["disturbed_attempts"] = disturbed
     return out
@@ -1203,6 +1231,7 @@ class Ctx:
     prefixes: list[str]
     profile_dir: Path | None = None
     pending_drain: Any = None
+    tag: str = ""  # "" on the first attempt of a section, "-r2" on a retry: fresh names
 
 
 def machine() -> dict[str, Any]:
@@ -1433,7 +1462,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_all = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{run_id}-", dir="/tmp"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"pdperf-{run_id}-", dir="/tmp"))
     say(
         f"bench {'smoke' if a.smoke else 'full'} run {run_id}: sections {sections}; "
         f"work dir {workdir}"
