@@ -77,8 +77,9 @@ def _pick_personal(world: World, rng: random.Random, need: int) -> Campaign:
     return rng.choice(camps)
 
 
-def _owner_use(world: World, rng: random.Random, camp: Campaign, ci: int, t: int) -> Row:
-    t = max(world.start_ms, t)
+def _owner_use(world: World, rng: random.Random, camp: Campaign, ci: int, spread_ms: int) -> Row:
+    """The code's owner redeeming it 5 min to 3 h before the spread starts at ``spread_ms``."""
+    t = max(world.start_ms, spread_ms - int(rng.uniform(5.0, 180.0) * MINUTE_MS))
     return world.order(rng, t, camp.owners[ci], camp.codes[ci], camp)
 
 
@@ -162,15 +163,7 @@ class Leak:
             return rows
         for ci, first in zip(codes, self.owner_first, strict=False):
             if first:
-                rows.append(
-                    _owner_use(
-                        world,
-                        rng,
-                        camp,
-                        ci,
-                        self.start_ms - int(rng.uniform(5.0, 180.0) * MINUTE_MS),
-                    )
-                )
+                rows.append(_owner_use(world, rng, camp, ci, self.start_ms))
         taken = {camp.owners[i] for i in codes}
         seen: list[tuple[int, str]] = []
         weights = self.code_weights[: len(codes)]
@@ -228,15 +221,7 @@ class SlowLeak:
         assert camp is not None
         rows: list[Row] = []
         if self.owner_first:
-            rows.append(
-                _owner_use(
-                    world,
-                    rng,
-                    camp,
-                    self.code,
-                    self.start_ms - int(rng.uniform(5.0, 180.0) * MINUTE_MS),
-                )
-            )
+            rows.append(_owner_use(world, rng, camp, self.code, self.start_ms))
         end = self.start_ms + self.span_ms()
         times = poisson_times(rng, self.start_ms, end, lambda _: 1.0 / self.gap_mean_min)
         while len(times) < 3:  # the anchor needs a third distinct account
