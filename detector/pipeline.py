@@ -419,15 +419,9 @@ class Pipeline:
         claims = [(ev.event_id, f"{src}:{r.partition}:{r.offset}") for r, ev in fresh]
         flags = self.store.claim(claims, self.cfg.dedupe_horizon_s) if claims else []
         delta = Delta()
-        touched: dict[Entity, float] = {}
-        dup = 0
-        for (_, ev), new in zip(fresh, flags, strict=True):
-            if not new:
-                dup += 1
-                continue
-            for ent in self.extractor.add(delta, ev):
-                if ev.ts > touched.get(ent, -math.inf):
-                    touched[ent] = ev.ts
+        new_events = [ev for (_, ev), new in zip(fresh, flags, strict=True) if new]
+        dup = len(fresh) - len(new_events)
+        touched = self.extractor.add(delta, new_events)
         delta.dirty = {e.encode(t) for e, t in touched.items()}
         maxes = {p: self._max_ts[p] for p in offsets if p in self._max_ts}
         expected = {p: self._applied.get(p) for p in offsets}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydantic import ValidationError
 
@@ -24,9 +25,11 @@ REASONS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A valid order event reduced to what detection uses; times are epoch seconds."""
+class Event(NamedTuple):
+    """A valid order event reduced to what detection uses; times are epoch seconds.
+
+    A named tuple: one is made per event, and the fast path hands its fields over as a tuple.
+    """
 
     event_id: str
     ts: float
@@ -82,7 +85,7 @@ def parse(
         return BadEvent("not_utf8", f"message is not valid UTF-8 (byte {e.start})")
     fields = fast_fields(text)
     if fields is not None and fields[1] <= now + max_future_skew_s:
-        return Event(*fields)
+        return Event._make(fields)
     return validate_strict(text, now, max_future_skew_s)
 
 

@@ -236,4 +236,4 @@ def test_usual_events_take_the_fast_path_with_the_models_values(ts: str) -> None
     raw = json.dumps({**BASE, "ts": ts}).encode()
     fields = fast_fields(raw.decode())
     assert fields is not None
-    assert repr(Event(*fields)) == repr(validate_strict(raw.decode(), NOW, SKEW))
+    assert repr(Event._make(fields)) == repr(validate_strict(raw.decode(), NOW, SKEW))
