@@ -43,10 +43,11 @@ class MemoryStore:
 
     def claim(self, claims: Sequence[tuple[str, str]], ttl_s: float) -> list[bool]:
         out = []
+        held_by, until = self._claims, self._now_ts + ttl_s
         for event_id, pos in claims:
-            held = self._claims.get(event_id)
+            held = held_by.get(event_id)
             if held is None or held[0] == pos:
-                self._claims[event_id] = (pos, self._now_ts + ttl_s)
+                held_by[event_id] = (pos, until)
                 out.append(True)
             else:
                 out.append(False)
@@ -125,14 +126,22 @@ class MemoryStore:
         for key, names in req.fields:
             h = self._hashes.get(key, {})
             fields.append([h.get(n, 0.0) for n in names])
+        # Whole sets when their lowest score bound is inside the window (the usual case).
+        zmin = self._zmin
         counts = []
         for key, since in req.counts:
             z = self._zsets.get(key, {})
-            counts.append(sum(1 for ts in z.values() if ts > since))
+            if zmin.get(key, -math.inf) > since:
+                counts.append(len(z))
+            else:
+                counts.append(sum(1 for ts in z.values() if ts > since))
         members = []
         for key, since in req.members:
             z = self._zsets.get(key, {})
-            members.append([(m, ts) for m, ts in z.items() if ts > since])
+            if zmin.get(key, -math.inf) > since:
+                members.append(list(z.items()))
+            else:
+                members.append([(m, ts) for m, ts in z.items() if ts > since])
         hashes = [dict(self._hashes.get(key, {})) for key in req.hashes]
         return ReadResult(fields, counts, members, hashes)
 
