@@ -7,7 +7,6 @@ windows that have passed.
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from collections.abc import Sequence
@@ -102,7 +101,9 @@ class MemoryStore:
                 self._zmin[key] = min(z.values(), default=latest)
             cap = delta.caps[key]
             if len(z) > cap:
-                for m in heapq.nsmallest(len(z) - cap, z, key=z.__getitem__):
+                # What heapq.nsmallest would pick (oldest first, ties in insertion order), but
+                # sorted in C rather than a Python heap loop over the whole set.
+                for m in sorted(z, key=z.__getitem__)[: len(z) - cap]:
                     del z[m]
             # Expiry is by last write: a longer-lived set counts as written later.
             self._touched[key] = max(self._touched.get(key, 0.0), latest + ttl - self._ttl)
