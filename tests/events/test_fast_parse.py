@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_parse import GOOD as BASE  # a valid event (tests/events is on the path)
 
 from detector.events.fast import fast_fields
 from detector.events.parse import BadEvent, Event, parse, validate_strict
@@ -24,20 +25,6 @@ from detector.events.parse import BadEvent, Event, parse, validate_strict
 NOW = time.time()
 SKEW = 300.0
 MAX_BYTES = 2**31  # the size check comes before either path
-BASE = {
-    "event_id": "e1",
-    "ts": "2026-01-12T10:00:00.123Z",
-    "order_id": "o1",
-    "account_id": "a1",
-    "promo_code": "NYX7K2Q9",
-    "campaign_id": "NY-2013",
-    "order_total": 1000,
-    "discount": 500.0,
-    "currency": "RUB",
-    "account_created_at": "2025-01-01T00:00:00+03:00",
-    "ip": "10.0.0.1",
-    "device_id": "d1",
-}
 
 
 def both(raw: bytes) -> tuple[str, str]:
