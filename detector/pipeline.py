@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import compress
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -302,23 +303,22 @@ class Pipeline:
         wall_now = self.wall()
         ev_cfg = self.cfg.events
         bad = 0
+        max_bytes, skew = ev_cfg.max_message_bytes, ev_cfg.max_future_skew_s
         for r in records:
             p = r.partition
-            if r.offset < max(self._applied.get(p, -1), self._buffered_to.get(p, -1)):
+            if r.offset < self._buffered_to.get(p, -1) or r.offset < self._applied.get(p, -1):
                 continue  # already applied or buffered (a redelivery after a rewind)
-            res = parse(
-                r.value,
-                now=wall_now,
-                max_bytes=ev_cfg.max_message_bytes,
-                max_future_skew_s=ev_cfg.max_future_skew_s,
-            )
+            res = parse(r.value, now=wall_now, max_bytes=max_bytes, max_future_skew_s=skew)
+            q = self._buf.get(p)
+            if q is None:
+                q = self._buf[p] = deque()
             if isinstance(res, BadEvent):
                 self.dlq.send(r, res.reason, res.detail)
                 self._count_bad(r, res)
                 bad += 1
-                self._buf.setdefault(p, deque()).append((r, None))
+                q.append((r, None))
             else:
-                self._buf.setdefault(p, deque()).append((r, res))
+                q.append((r, res))
                 if res.ts > self._frontier.get(p, -math.inf):
                     self._frontier[p] = res.ts
             self._buffered_to[p] = r.offset + 1
@@ -403,31 +403,28 @@ class Pipeline:
         wm = self.watermark()
         lateness = self.cfg.events.allowed_lateness_s
         newest = -math.inf  # within the slice too: an old event after new ones is late
-        fresh: list[tuple[Record, Event]] = []
+        fresh: list[Event] = []
+        claims: list[tuple[str, str]] = []
         late = 0
+        max_ts = self._max_ts
+        src = self.source
         for r, ev in items:
             if ev is None:
                 continue
-            if ev.ts > self._max_ts.get(r.partition, -math.inf):
-                self._max_ts[r.partition] = ev.ts
-            if ev.ts < wm or ev.ts < newest - lateness:
+            ts = ev.ts
+            if ts > max_ts.get(r.partition, -math.inf):
+                max_ts[r.partition] = ts
+            if ts < wm or ts < newest - lateness:
                 late += 1
             else:
-                newest = max(newest, ev.ts)
-                fresh.append((r, ev))
-        src = self.source
-        claims = [(ev.event_id, f"{src}:{r.partition}:{r.offset}") for r, ev in fresh]
+                newest = max(newest, ts)
+                fresh.append(ev)
+                claims.append((ev.event_id, f"{src}:{r.partition}:{r.offset}"))
         flags = self.store.claim(claims, self.cfg.dedupe_horizon_s) if claims else []
         delta = Delta()
-        touched: dict[Entity, float] = {}
-        dup = 0
-        for (_, ev), new in zip(fresh, flags, strict=True):
-            if not new:
-                dup += 1
-                continue
-            for ent in self.extractor.add(delta, ev):
-                if ev.ts > touched.get(ent, -math.inf):
-                    touched[ent] = ev.ts
+        new_events = list(compress(fresh, flags))
+        dup = len(fresh) - len(new_events)
+        touched = self.extractor.add(delta, new_events)
         delta.dirty = {e.encode(t) for e, t in touched.items()}
         maxes = {p: self._max_ts[p] for p in offsets if p in self._max_ts}
         expected = {p: self._applied.get(p) for p in offsets}

@@ -150,12 +150,13 @@ class FeatureReader:
                 target[w] = upto - bisect_right(lst, f.t - self._w[w])
 
     def _codes(self, f: Features, rows: list[tuple[str, float]]) -> None:
+        # Each member's campaign once, not once per window.
+        seen = [(m.split("\x1f", 1)[0], ts) for m, ts in rows if ts <= f.t]
         for w in WINDOWS[:3]:
             since = f.t - self._w[w]
             per: dict[str, int] = {}
-            for m, ts in rows:
-                if since < ts <= f.t:
-                    camp = m.split("\x1f", 1)[0]
+            for camp, ts in seen:
+                if since < ts:
                     per[camp] = per.get(camp, 0) + 1
             top = max(per, key=lambda c: (per[c], c)) if per else None
             f.codes[w] = per[top] if top is not None else 0

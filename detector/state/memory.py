@@ -7,7 +7,6 @@ windows that have passed.
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from collections.abc import Sequence
@@ -43,10 +42,11 @@ class MemoryStore:
 
     def claim(self, claims: Sequence[tuple[str, str]], ttl_s: float) -> list[bool]:
         out = []
+        held_by, until = self._claims, self._now_ts + ttl_s
         for event_id, pos in claims:
-            held = self._claims.get(event_id)
+            held = held_by.get(event_id)
             if held is None or held[0] == pos:
-                self._claims[event_id] = (pos, self._now_ts + ttl_s)
+                held_by[event_id] = (pos, until)
                 out.append(True)
             else:
                 out.append(False)
@@ -101,7 +101,9 @@ class MemoryStore:
                 self._zmin[key] = min(z.values(), default=latest)
             cap = delta.caps[key]
             if len(z) > cap:
-                for m in heapq.nsmallest(len(z) - cap, z, key=z.__getitem__):
+                # What heapq.nsmallest would pick (oldest first, ties in insertion order), but
+                # sorted in C rather than a Python heap loop over the whole set.
+                for m in sorted(z, key=z.__getitem__)[: len(z) - cap]:
                     del z[m]
             # Expiry is by last write: a longer-lived set counts as written later.
             self._touched[key] = max(self._touched.get(key, 0.0), latest + ttl - self._ttl)
@@ -125,14 +127,22 @@ class MemoryStore:
         for key, names in req.fields:
             h = self._hashes.get(key, {})
             fields.append([h.get(n, 0.0) for n in names])
+        # Whole sets when their lowest score bound is inside the window (the usual case).
+        zmin = self._zmin
         counts = []
         for key, since in req.counts:
             z = self._zsets.get(key, {})
-            counts.append(sum(1 for ts in z.values() if ts > since))
+            if zmin.get(key, -math.inf) > since:
+                counts.append(len(z))
+            else:
+                counts.append(sum(1 for ts in z.values() if ts > since))
         members = []
         for key, since in req.members:
             z = self._zsets.get(key, {})
-            members.append([(m, ts) for m, ts in z.items() if ts > since])
+            if zmin.get(key, -math.inf) > since:
+                members.append(list(z.items()))
+            else:
+                members.append([(m, ts) for m, ts in z.items() if ts > since])
         hashes = [dict(self._hashes.get(key, {})) for key in req.hashes]
         return ReadResult(fields, counts, members, hashes)
 
