@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One message as received; ``offset`` is the line index for files."""
+class Record(NamedTuple):
+    """One message as received; ``offset`` is the line index for files.
+
+    A named tuple, not a frozen dataclass: one is made per message, and a tuple is built
+    several times faster.
+    """
 
     value: bytes | None
     topic: str
