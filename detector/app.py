@@ -222,9 +222,9 @@ def run(cfg: Config, cfg_path: str | None, loaded_mtime: float | None = None) ->
     _retry_store(store, metrics, pipe.recover, backoff)
     log.info("detector running", topic=cfg.kafka.topics.events, group=cfg.kafka.group_id)
     try:
-        for batch in source.batches():
+        for batch in source.batches(lambda: pipe.held_by_group):
             try:
-                offsets = pipe.process(batch, source.caught_up)
+                offsets = pipe.process(batch, source.caught_up, source.partitions())
             except StaleProgress as e:
                 log.warning("partitions moved to another writer; resyncing", detail=str(e))
                 source.seek(_retry_store(store, metrics, pipe.reload_progress, backoff))

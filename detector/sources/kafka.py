@@ -148,6 +148,9 @@ def _sasl_probe(cfg: KafkaConfig, sock: socket.socket, host: str, server: str) -
         raise SourceError(f"{refused}; {hint}")
 
 
+# Poll timeout while the pipeline holds records for the other instances: they move on in
+# milliseconds, and a full poll timeout per bucket would make a shared backlog crawl.
+_WAITING_POLL_MS = 20
 # How often lag() asks the brokers for the partitions' end offsets (one ListOffsets request).
 _END_OFFSETS_EVERY_S = 2.0
 
@@ -233,10 +236,11 @@ class KafkaSource:
     def stop(self) -> None:
         self._stop = True
 
-    def batches(self) -> Iterator[list[Record]]:
+    def batches(self, waiting: Callable[[], bool] = lambda: False) -> Iterator[list[Record]]:
+        """Polled batches; while ``waiting()`` (records held for the group clock), poll briefly."""
         self._c.subscribe([self._topic], listener=_Listener(self))
-        timeout = self._cfg.poll_timeout_ms
         while not self._stop:
+            timeout = _WAITING_POLL_MS if waiting() else self._cfg.poll_timeout_ms
             polled = self._c.poll(timeout_ms=timeout, max_records=self._cfg.max_poll_records)
             batch = [
                 Record(m.value, m.topic, m.partition, m.offset, m.key, m.timestamp)
@@ -275,6 +279,11 @@ class KafkaSource:
             if end is not None:
                 out[tp.partition] = max(0, end - self._c.position(tp))
         return out
+
+    def partitions(self) -> set[int]:
+        """The topic's partitions (from the client's metadata cache)."""
+        parts: set[int] = self._c.partitions_for_topic(self._topic) or set()
+        return parts
 
     def caught_up(self, partition: int) -> bool:
         """True when everything up to the partition's end has been fetched."""

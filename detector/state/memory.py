@@ -34,6 +34,7 @@ class MemoryStore:
         self._outbox: dict[str, bytes] = {}
         self._models: dict[str, bytes] = {}
         self._leases: dict[str, tuple[str, float]] = {}
+        self._clocks: dict[str, dict[int, bytes]] = {}
         self._now_ts = 0.0
         self._applies = 0
         self._seq = 0
@@ -143,6 +144,11 @@ class MemoryStore:
             {k: v for k, v in p.offsets.items() if k in partitions},
             {k: v for k, v in p.max_ts.items() if k in partitions},
         )
+
+    def exchange_clock(self, source: str, mine: dict[int, bytes]) -> dict[int, bytes]:
+        clock = self._clocks.setdefault(source, {})
+        clock.update(mine)
+        return dict(clock)
 
     def dirty(self) -> set[str]:
         return set(self._dirty)

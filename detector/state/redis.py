@@ -303,6 +303,16 @@ class RedisStore:
             {p: float(v) for p, v in zip(parts, mts, strict=True) if v is not None},
         )
 
+    def exchange_clock(self, source: str, mine: dict[int, bytes]) -> dict[int, bytes]:
+        key = self._keys.group_clock(source)
+        with self._op("clock"):
+            pipe = self._r.pipeline(transaction=False)
+            if mine:
+                pipe.hset(key, mapping={str(p): v for p, v in mine.items()})
+            pipe.hgetall(key)
+            everyone = pipe.execute()[-1]
+        return {int(p): _bytes(v) for p, v in everyone.items()}
+
     def dirty(self) -> set[str]:
         with self._op("dirty"):
             return {_str(m) for m in self._r.smembers(self._keys.dirty)}

@@ -7,14 +7,15 @@ and leave the same windowed state in Redis (every event applied once, whichever 
 partition). The models have one writer: the ``lease:models`` key names one owner, snapshots are
 written, and ``detector_model_score`` is exported by one process at a time.
 
-The instances align partitions in event time each on its own (docs/architecture.md): with a
-backlog, three instances race through their partitions at different speeds, and the models'
-writer closes buckets by its own clock. Live traffic arrives at the pace of the wall clock, so the
-three advance together; the tests produce the stream at a controlled pace (``PACE_S``), faster than
-real time but slow enough for every instance to keep up (docs/operations.md, "Scale-out").
+The instances advance by the group clock (docs/architecture.md): each publishes its partitions'
+event-time holds in Redis, and none applies, evaluates or closes a bucket before every partition of
+the topic is past what that bucket needs.
 
-1. Three instances, no fault.
-2. Three instances, the models' writer SIGKILLed mid-stream: its partitions move to the others
+1. Three instances, the stream produced at a controlled pace (``PACE_S``), no fault.
+2. Three instances, the whole stream produced at once (a backlog: the instances would race
+   through their partitions at their own speeds without the group clock); repeated
+   ``FAULTS_SCALE_REPEAT`` times (default 1) against one reference.
+3. Three instances, the models' writer SIGKILLed mid-stream: its partitions move to the others
    after the session timeout (a rebalance), another instance takes the models' lease over and
    continues from the last persisted models.
 
@@ -66,6 +67,7 @@ PARTITIONS = 6
 INSTANCES = 3
 # Wall-clock seconds over which the ~4,300 events (8 hours of event time) are produced.
 PACE_S = float(os.environ.get("FAULTS_SCALE_PACE_S", "50"))
+REPEAT = int(os.environ.get("FAULTS_SCALE_REPEAT", "1"))
 
 
 # -------------------------------------------------------------------- helpers --
@@ -357,6 +359,42 @@ def test_three_instances_raise_the_same_alerts_as_one_with_one_model_writer(
     diffs = state_diff(dump_state(redis_client, redis_prefix), reference.state)
     assert not diffs, f"state of 3 instances vs 1: {len(diffs)} differences: {diffs[:10]}"
     assert_same_models(dump_models(redis_client, redis_prefix), reference.models, "3 instances")
+
+
+@pytest.mark.parametrize("attempt", range(REPEAT))
+def test_three_instances_through_a_backlog_raise_the_same_alerts_as_one(
+    attempt: int,
+    reference: Reference,
+    day: tuple[list[dict[str, Any]], dict[str, str]],
+    topics: Callable[[], str],
+    stack: Any,
+    runs: Runs,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    events, campaigns = day
+    name = topics()
+    t = Topic(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
+    group = f"scale-backlog-{name}"
+    procs, files = start_group(runs, t, group, redis_prefix, tmp_path)
+    t0 = time.monotonic()
+    produce(t.bootstrap, name, events)
+    t.ends = end_offsets(t.bootstrap, name)
+    wait_all_applied(redis_client, redis_prefix, group, t, procs, timeout=240)
+    seconds = time.monotonic() - t0
+    for x in procs:
+        assert x.stop() == 0, x.tail()
+    print(f"[faults] scale_backlog[{attempt}].seconds = {seconds:.1f}")
+    record_property(f"scale_backlog[{attempt}].seconds", round(seconds, 1))
+    got, _ = union_alerts(files)
+    worst = assert_same_alerts(got, reference.alerts, "3 instances through a backlog vs 1")
+    print(f"[faults] scale_backlog[{attempt}].detected_at_max_diff_s = {worst}")
+    record_property(f"scale_backlog[{attempt}].detected_at_max_diff_s", worst)
+    diffs = state_diff(dump_state(redis_client, redis_prefix), reference.state)
+    assert not diffs, f"state of 3 instances vs 1: {len(diffs)} differences: {diffs[:10]}"
+    assert_same_models(dump_models(redis_client, redis_prefix), reference.models, "backlog")
 
 
 def test_killing_the_model_writer_mid_stream_rebalances_and_keeps_the_same_alerts(
