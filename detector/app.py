@@ -17,7 +17,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from detector.config import Config, load_config, restart_needed
-from detector.errors import ConfigError, StaleProgress, StoreError
+from detector.errors import ConfigError, DeliveryError, StaleProgress, StoreError
 from detector.metrics import Metrics, serve
 from detector.pipeline import Pipeline, PipelineObserver, Stats
 from detector.sinks.base import AlertSink, DeadLetterSink
@@ -234,6 +234,12 @@ def run(cfg: Config, cfg_path: str | None, loaded_mtime: float | None = None) ->
                 metrics.store_up.set(0)
                 source.seek(_retry_store(store, metrics, pipe.reload_progress, backoff))
                 continue
+            except DeliveryError as e:
+                # Undelivered alerts stay in the outbox (recover() sends them again first);
+                # a batch whose dead letters failed is read again: its offsets were not stored.
+                _delivery_failed(metrics, e, backoff)
+                source.seek(_retry_store(store, metrics, pipe.reload_progress, backoff))
+                continue
             metrics.store_up.set(1)
             source.commit(offsets)
             for p, lag in source.lag().items():
@@ -269,7 +275,17 @@ def _retry_store(
             metrics.store_up.set(0)
             log.error("state store unavailable; retrying", error=str(e), retry_in_s=delay)
             time.sleep(delay)
-            delay = min(delay * 2, backoff_max_s)
+        except DeliveryError as e:
+            _delivery_failed(metrics, e, delay)
+        delay = min(delay * 2, backoff_max_s)
+
+
+def _delivery_failed(metrics: Metrics, e: DeliveryError, pause_s: float) -> None:
+    metrics.delivery_failures.labels(e.sink).inc(e.failed)
+    log.error(
+        "delivery failed; not consuming until it succeeds", error=str(e), retry_in_s=pause_s
+    )
+    time.sleep(pause_s)
 
 
 def print_summary(stats: Stats, out: IO[str] = sys.stderr) -> None:

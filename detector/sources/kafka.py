@@ -11,7 +11,7 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import structlog
@@ -216,7 +216,10 @@ class KafkaSource:
         # dropped unapplied from the alignment buffers; and Kafka's committed offsets, where a
         # new partition would start, may be ahead of the store's if Redis lost its last writes.
         self._on_assign(partitions)
-        stored = self._stored()
+        self._seek(partitions, self._stored())
+        log.info("partitions assigned", topic=self._topic, partitions=sorted(partitions))
+
+    def _seek(self, partitions: Iterable[int], stored: dict[int, int]) -> None:
         for p in partitions:
             tp = TopicPartition(self._topic, p)
             if p in stored:
@@ -225,7 +228,6 @@ class KafkaSource:
                 self._c.seek_to_beginning(tp)  # nothing of it in the store yet
             else:
                 self._c.seek_to_end(tp)
-        log.info("partitions assigned", topic=self._topic, partitions=sorted(partitions))
 
     def _revoked(self, partitions: list[int]) -> None:
         # Runs on kafka-python's IO thread, where blocking commits are not allowed; the store
@@ -292,11 +294,12 @@ class KafkaSource:
         return end is not None and self._c.position(tp) >= end
 
     def seek(self, offsets: dict[int, int]) -> None:
-        """Rewind partitions to the store's offsets (after a store error, to retry cleanly)."""
-        assigned = {tp.partition for tp in self._c.assignment()}
-        for p, o in offsets.items():
-            if p in assigned:
-                self._c.seek(TopicPartition(self._topic, p), o)
+        """Rewind our partitions to the store's offsets (after an error, to retry cleanly).
+
+        One the store holds nothing of goes back to where it started from (its first records
+        may have been fetched, and not applied).
+        """
+        self._seek({tp.partition for tp in self._c.assignment()}, offsets)
 
     def commit(self, offsets: dict[int, int]) -> None:
         if not offsets:
