@@ -198,13 +198,16 @@ def run(cfg: Config, cfg_path: str | None, loaded_mtime: float | None = None) ->
     owner = owner_id()
     pipe: Pipeline | None = None
 
+    # Rebalance callbacks run inside poll(): an error there would end the consumer, so they
+    # wait for Redis like the rest of the store path (the group sees a slow rebalance).
     def stored_offsets() -> dict[int, int]:
         assert pipe is not None
-        return pipe.reload_progress()
+        return _retry_store(store, metrics, pipe.reload_progress, backoff)
 
     def assigned(parts: list[int]) -> None:
         assert pipe is not None
-        pipe.assign(parts)
+        p = pipe
+        _retry_store(store, metrics, lambda: p.assign(parts), backoff)
 
     def revoked(parts: list[int]) -> None:
         assert pipe is not None
