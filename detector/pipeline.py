@@ -238,6 +238,7 @@ class Pipeline:
             self._leader = False
             self._models.clear()
             self._lease_retry_at = 0.0
+            self.metrics.model_score.clear()  # until the lease is ours again
         self._model_cursor = None
         # Bucket-end re-checks resume from the store's clock (below), not from ours.
         self._last_closed = None
@@ -706,6 +707,8 @@ class Pipeline:
             elif not self._leader:
                 self._models.clear()  # read the owner's fresh snapshots next time
                 self._model_cursor = None
+                if was:
+                    self.metrics.model_score.clear()  # the new owner exports scores now
         if not self._leader or self._model_cursor is None:
             return
         for b in range(max(self._model_cursor + 1, horizon), target + 1):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 import uuid
@@ -482,3 +483,59 @@ def test_killing_the_model_writer_mid_stream_rebalances_and_keeps_the_same_alert
     assert_same_models(got_models, reference.models, "3 instances, writer killed", exact=False)
     worst = assert_same_alerts(got, reference.alerts, "3 instances, writer killed, vs 1")
     print(f"[faults] scale_kill.detected_at_max_diff_s = {worst}")
+
+
+def test_an_instance_that_lost_the_models_lease_stops_exporting_model_scores(
+    day: tuple[list[dict[str, Any]], dict[str, str]],
+    topics: Callable[[], str],
+    stack: Any,
+    runs: Runs,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """The writer stalls (SIGSTOP) past its lease, another takes the models over; once it runs
+    again, only the lease's owner exports ``detector_model_score``."""
+    events, campaigns = day
+    name = topics()
+    t = Topic(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
+    group = f"lease-{name}"
+    procs = []
+    for i in range(2):
+        cfg = run_config(
+            t, group, redis_prefix, tmp_path / f"alerts-{i}.jsonl", models={"lease_ttl_s": 2.0}
+        )
+        procs.append(runs.start(f"instance{i}", runs.config(f"i{i}", cfg)))
+    wait_until(lambda: len(group_members(t.bootstrap, group)) == 2, 90, "2 members", procs)
+    produce(t.bootstrap, name, events)
+    t.ends = end_offsets(t.bootstrap, name)
+    wait_all_applied(redis_client, redis_prefix, group, t, procs, timeout=240)
+    lease = f"{redis_prefix}lease:models"
+
+    def exporters() -> list[int]:
+        return [
+            x.proc.pid
+            for x in procs
+            if any(k.startswith("detector_model_score{") for k in x.metrics())
+        ]
+
+    writer = pid_of(redis_client.get(lease))
+    assert exporters() == [writer]
+    victim = next(x for x in procs if x.proc.pid == writer)
+    other = next(x for x in procs if x is not victim)
+    victim.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: pid_of(redis_client.get(lease)) == other.proc.pid,
+            60,
+            "the other instance to take the models' lease",
+            [other],
+        )
+    finally:
+        victim.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: exporters() == [other.proc.pid], 30, "one exporter: the lease's owner")
+    time.sleep(3.0)  # and it stays so
+    assert exporters() == [other.proc.pid]
+    assert pid_of(redis_client.get(lease)) == other.proc.pid
+    for x in procs:
+        assert x.stop() == 0, x.tail()
