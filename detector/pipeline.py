@@ -711,9 +711,28 @@ class Pipeline:
                     self.metrics.model_score.clear()  # the new owner exports scores now
         if not self._leader or self._model_cursor is None:
             return
-        for b in range(max(self._model_cursor + 1, horizon), target + 1):
+        first = self._model_cursor + 1
+        if first < horizon:
+            first = self._retained_from(first, horizon)
+        for b in range(first, target + 1):
             self._close_bucket(b)
         self._model_cursor = max(self._model_cursor, target)
+
+    def _retained_from(self, first: int, horizon: int) -> int:
+        """The first bucket from ``first`` on whose counters are still stored (else ``horizon``).
+
+        A writer that catches up from the snapshots' clock learns every bucket since, also those
+        past the windows' span: counters expire `retention_s` after their last write (wall time),
+        so a backlog consumed while the lease was taken over still holds them. Buckets whose
+        counters expired (a long outage of live traffic) cannot be learned and are skipped.
+        """
+        k = self.keys
+        segs = range(k.seg(first), k.seg(horizon) + 1)
+        res = self.store.read(Read(hashes=[k.orders(s * k.seg_buckets) for s in segs]))
+        for s, orders in zip(segs, res.hashes, strict=True):
+            if orders:
+                return max(first, s * k.seg_buckets)
+        return horizon
 
     def _load_clock(self, target: int) -> int:
         snap = self.store.snapshots([CLOCK_SNAPSHOT]).get(CLOCK_SNAPSHOT)
