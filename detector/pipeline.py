@@ -322,6 +322,10 @@ class Pipeline:
         gives it to another within the session timeout) stops holding the group back, as does
         one nobody has published that long after this instance started.
         """
+        if set(partitions) <= self._assigned_at.keys():
+            # Alone with the topic: nobody to wait for, nobody reads our records.
+            self._group_release = self._group_wm = math.inf
+            return
         now = self.wall()
         wm_holds, _ = self._wm_holds()
         mine = {
