@@ -26,6 +26,7 @@ class MemoryStore:
         self._hashes: dict[str, dict[str, float]] = {}
         self._zsets: dict[str, dict[str, float]] = {}
         self._zmin: dict[str, float] = {}  # a lower bound of each zset's scores
+        self._zmax: dict[str, float] = {}  # each zset's newest score (trims are relative to it)
         self._touched: dict[str, float] = {}
         self._claims: dict[str, tuple[str, float]] = {}
         self._offsets: dict[str, Progress] = {}
@@ -94,7 +95,8 @@ class MemoryStore:
                     z[m] = ts
                 latest = max(latest, ts)
             ttl = delta.ttls.get(key, self._ttl)
-            floor = latest - ttl
+            top = self._zmax[key] = max(self._zmax.get(key, latest), latest)
+            floor = top - ttl
             # Scan for expired members only when the oldest one may have expired.
             if self._zmin.get(key, -1.0) < floor:
                 for m in [m for m, ts in z.items() if ts < floor]:
@@ -116,6 +118,7 @@ class MemoryStore:
             self._hashes.pop(k, None)
             self._zsets.pop(k, None)
             self._zmin.pop(k, None)
+            self._zmax.pop(k, None)
             del self._touched[k]
         gone = [e for e, (_, until) in self._claims.items() if until < self._now_ts]
         for e in gone:

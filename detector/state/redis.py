@@ -112,6 +112,10 @@ for _ = 1, n do
     end
   end
   if #args > 3 then redis.call(unpack(args)) end
+  -- Trim relative to the set's newest member, not the batch's: the same set whatever order
+  -- batches arrive in (instances of a group apply one bucket's partitions in any order).
+  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+  if top and tonumber(top) > latest then latest = tonumber(top) end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (latest - kttl))
   redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
   redis.call('EXPIRE', key, kttl)

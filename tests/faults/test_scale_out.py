@@ -317,6 +317,25 @@ def check_models(
     return owners
 
 
+def assert_same_as_reference(
+    r: redis.Redis,
+    prefix: str,
+    files: list[Path],
+    reference: Reference,
+    tag: str,
+    record: Callable[[str, object], None],
+) -> None:
+    """CONTRACT §4: the same episodes (detected_at within a bucket), state and models."""
+    got, repeated = union_alerts(files)
+    print(f"[faults] {tag}.alert_records = {len(got)}, delivered twice = {repeated}")
+    worst = assert_same_alerts(got, reference.alerts, f"{tag}: 3 instances vs 1")
+    print(f"[faults] {tag}.detected_at_max_diff_s = {worst}")
+    record(f"{tag}.detected_at_max_diff_s", worst)
+    diffs = state_diff(dump_state(r, prefix), reference.state)
+    assert not diffs, f"{tag}: state of 3 instances vs 1: {len(diffs)} differences: {diffs[:10]}"
+    assert_same_models(dump_models(r, prefix), reference.models, f"{tag}: 3 instances")
+
+
 def test_three_instances_raise_the_same_alerts_as_one_with_one_model_writer(
     reference: Reference,
     day: tuple[list[dict[str, Any]], dict[str, str]],
@@ -353,13 +372,7 @@ def test_three_instances_raise_the_same_alerts_as_one_with_one_model_writer(
 
     owners = check_models(redis_client, redis_prefix, watch, record_property, "scale")
     assert len(owners) == 1, f"the models' lease changed hands without a fault: {owners}"
-    got, repeated = union_alerts(files)
-    print(f"[faults] scale.alert_records = {len(got)}, delivered twice = {repeated}")
-    worst = assert_same_alerts(got, reference.alerts, "3 instances vs 1")
-    print(f"[faults] scale.detected_at_max_diff_s = {worst}")
-    diffs = state_diff(dump_state(redis_client, redis_prefix), reference.state)
-    assert not diffs, f"state of 3 instances vs 1: {len(diffs)} differences: {diffs[:10]}"
-    assert_same_models(dump_models(redis_client, redis_prefix), reference.models, "3 instances")
+    assert_same_as_reference(redis_client, redis_prefix, files, reference, "scale", record_property)
 
 
 @pytest.mark.parametrize("attempt", range(REPEAT))
@@ -387,15 +400,10 @@ def test_three_instances_through_a_backlog_raise_the_same_alerts_as_one(
     seconds = time.monotonic() - t0
     for x in procs:
         assert x.stop() == 0, x.tail()
-    print(f"[faults] scale_backlog[{attempt}].seconds = {seconds:.1f}")
-    record_property(f"scale_backlog[{attempt}].seconds", round(seconds, 1))
-    got, _ = union_alerts(files)
-    worst = assert_same_alerts(got, reference.alerts, "3 instances through a backlog vs 1")
-    print(f"[faults] scale_backlog[{attempt}].detected_at_max_diff_s = {worst}")
-    record_property(f"scale_backlog[{attempt}].detected_at_max_diff_s", worst)
-    diffs = state_diff(dump_state(redis_client, redis_prefix), reference.state)
-    assert not diffs, f"state of 3 instances vs 1: {len(diffs)} differences: {diffs[:10]}"
-    assert_same_models(dump_models(redis_client, redis_prefix), reference.models, "backlog")
+    tag = f"scale_backlog[{attempt}]"
+    print(f"[faults] {tag}.seconds = {seconds:.1f}")
+    record_property(f"{tag}.seconds", round(seconds, 1))
+    assert_same_as_reference(redis_client, redis_prefix, files, reference, tag, record_property)
 
 
 def test_killing_the_model_writer_mid_stream_rebalances_and_keeps_the_same_alerts(
