@@ -272,8 +272,8 @@ class Pipeline:
 
         Its newest event; -inf while it has not been read yet; inf once quiet (no data for
         `events.idle_partition_s` and nothing to fetch). With no traffic at all for
-        `events.idle_advance_s`, time passes with the wall clock (CONTRACT.md §2). Also the
-        clock when every partition is quiet: the newest event, or the idle clock.
+        `events.idle_advance_s`, time passes with the wall clock (CONTRACT.md §2). Also returns
+        the clock to use when every partition is quiet: the newest event, or the idle clock.
         """
         now = self.wall()
         idle_s = self.cfg.events.idle_partition_s
