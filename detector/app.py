@@ -17,7 +17,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from detector.config import Config, load_config, restart_needed
-from detector.errors import ConfigError, StaleProgress, StoreError
+from detector.errors import ConfigError, DeliveryError, StaleProgress, StoreError
 from detector.metrics import Metrics, serve
 from detector.pipeline import Pipeline, PipelineObserver, Stats
 from detector.sinks.base import AlertSink, DeadLetterSink
@@ -198,13 +198,16 @@ def run(cfg: Config, cfg_path: str | None, loaded_mtime: float | None = None) ->
     owner = owner_id()
     pipe: Pipeline | None = None
 
+    # Rebalance callbacks run inside poll(): an error there would end the consumer, so they
+    # wait for Redis like the rest of the store path (the group sees a slow rebalance).
     def stored_offsets() -> dict[int, int]:
         assert pipe is not None
-        return pipe.reload_progress()
+        return _retry_store(store, metrics, pipe.reload_progress, backoff)
 
     def assigned(parts: list[int]) -> None:
         assert pipe is not None
-        pipe.assign(parts)
+        p = pipe
+        _retry_store(store, metrics, lambda: p.assign(parts), backoff)
 
     def revoked(parts: list[int]) -> None:
         assert pipe is not None
@@ -222,9 +225,9 @@ def run(cfg: Config, cfg_path: str | None, loaded_mtime: float | None = None) ->
     _retry_store(store, metrics, pipe.recover, backoff)
     log.info("detector running", topic=cfg.kafka.topics.events, group=cfg.kafka.group_id)
     try:
-        for batch in source.batches():
+        for batch in source.batches(lambda: pipe.held_by_group):
             try:
-                offsets = pipe.process(batch, source.caught_up)
+                offsets = pipe.process(batch, source.caught_up, source.partitions())
             except StaleProgress as e:
                 log.warning("partitions moved to another writer; resyncing", detail=str(e))
                 source.seek(_retry_store(store, metrics, pipe.reload_progress, backoff))
@@ -232,6 +235,12 @@ def run(cfg: Config, cfg_path: str | None, loaded_mtime: float | None = None) ->
             except StoreError as e:
                 log.error("state store failed; not consuming until it is back", error=str(e))
                 metrics.store_up.set(0)
+                source.seek(_retry_store(store, metrics, pipe.reload_progress, backoff))
+                continue
+            except DeliveryError as e:
+                # Undelivered alerts stay in the outbox (recover() sends them again first);
+                # a batch whose dead letters failed is read again: its offsets were not stored.
+                _delivery_failed(metrics, e, backoff)
                 source.seek(_retry_store(store, metrics, pipe.reload_progress, backoff))
                 continue
             metrics.store_up.set(1)
@@ -269,7 +278,17 @@ def _retry_store(
             metrics.store_up.set(0)
             log.error("state store unavailable; retrying", error=str(e), retry_in_s=delay)
             time.sleep(delay)
-            delay = min(delay * 2, backoff_max_s)
+        except DeliveryError as e:
+            _delivery_failed(metrics, e, delay)
+        delay = min(delay * 2, backoff_max_s)
+
+
+def _delivery_failed(metrics: Metrics, e: DeliveryError, pause_s: float) -> None:
+    metrics.delivery_failures.labels(e.sink).inc(e.failed)
+    log.error(
+        "delivery failed; not consuming until it succeeds", error=str(e), retry_in_s=pause_s
+    )
+    time.sleep(pause_s)
 
 
 def print_summary(stats: Stats, out: IO[str] = sys.stderr) -> None:

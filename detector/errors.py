@@ -19,3 +19,15 @@ class SourceError(DetectorError):
 
 class StaleProgress(StoreError):
     """Another writer has applied these partitions since this one last read their offsets."""
+
+
+class DeliveryError(DetectorError):
+    """A sink did not deliver records (after its own retries); they must be sent again."""
+
+    def __init__(self, sink: str, destination: str, failed: int, cause: object) -> None:
+        super().__init__(
+            f"{sink}: {failed} record(s) not delivered to {destination}: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.sink = sink
+        self.failed = failed

@@ -68,6 +68,14 @@ class Metrics:
         self.store_up = Gauge(
             "detector_store_up", "1 while the state store answers, 0 while it does not.", registry=r
         )
+        self.delivery_failures = Counter(
+            "detector_delivery_failures",
+            "Records a sink did not deliver (sent again; consumption waits meanwhile), by sink.",
+            ["sink"],
+            registry=r,
+        )
+        for sink in ("kafka_alerts", "kafka_dead_letters"):
+            self.delivery_failures.labels(sink)
         self.model_score = Gauge(
             "detector_model_score",
             "Latest campaign-rate anomaly score (top campaigns by volume, the rest as other).",

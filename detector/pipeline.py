@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import compress
@@ -176,6 +176,13 @@ class Pipeline:
         self._recover_pending = False
         # The source's "nothing more to fetch right now" per partition (run only).
         self._caught_up: Callable[[int], bool] | None = None
+        # The group clock (run only): the lowest holds published by the instances that own the
+        # topic's other partitions (see _sync_group), and whether it held our records back.
+        self._started = self.wall()
+        self._group_release = math.inf
+        self._group_wm = math.inf
+        self._group_bound = False
+        self.held_by_group = False
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -232,6 +239,7 @@ class Pipeline:
             self._leader = False
             self._models.clear()
             self._lease_retry_at = 0.0
+            self.metrics.model_score.clear()  # until the lease is ours again
         self._model_cursor = None
         # Bucket-end re-checks resume from the store's clock (below), not from ours.
         self._last_closed = None
@@ -252,32 +260,93 @@ class Pipeline:
         if not self.live:
             wm = max(self._max_ts.values()) - lateness
         else:
-            now = self.wall()
-            idle_s = self.cfg.events.idle_partition_s
-            caught_up = self._caught_up
-            held: list[float] = []
-            for p, since in self._assigned_at.items():
-                ts = self._max_ts.get(p)
-                quiet = now - self._last_data.get(p, since) >= idle_s
-                if quiet and caught_up is not None and not caught_up(p):
-                    # Records still to fetch: slow to come (a backlog fetched unevenly across
-                    # partitions), not idle. Were it let go, its events would all be late.
-                    quiet = False
-                if ts is None:
-                    if not quiet:
-                        return self._wm  # a partition not read yet: its events may be older
-                    continue
-                if not quiet:
-                    held.append(ts)
-            top = max(self._max_ts.values())
-            wm = (min(held) if held else top) - lateness
-            idle = now - self._last_event_wall
-            nothing_to_fetch = caught_up is None or all(map(caught_up, self._assigned_at))
-            if idle >= self.cfg.events.idle_advance_s and nothing_to_fetch:
-                # No traffic at all: let time pass so that alerts resolve (CONTRACT.md §2).
-                wm = max(wm, top + idle - lateness)
+            holds, floor = self._wm_holds()
+            low = min(min(holds.values(), default=math.inf), self._group_wm)
+            if low == -math.inf:
+                return self._wm  # a partition not read yet: its events may be older
+            wm = (floor if low == math.inf else low) - lateness
         self._wm = max(self._wm, wm)
         return self._wm
+
+    def _wm_holds(self) -> tuple[dict[int, float], float]:
+        """Per assigned partition, the event time it holds the watermark at (run only).
+
+        Its newest event; -inf while it has not been read yet; inf once quiet (no data for
+        `events.idle_partition_s` and nothing to fetch). With no traffic at all for
+        `events.idle_advance_s`, time passes with the wall clock (CONTRACT.md §2). Also returns
+        the clock to use when every partition is quiet: the newest event, or the idle clock.
+        """
+        now = self.wall()
+        idle_s = self.cfg.events.idle_partition_s
+        caught_up = self._caught_up
+        holds: dict[int, float] = {}
+        for p, since in self._assigned_at.items():
+            quiet = now - self._last_data.get(p, since) >= idle_s
+            if quiet and caught_up is not None and not caught_up(p):
+                # Records still to fetch: slow to come (a backlog fetched unevenly across
+                # partitions), not idle. Were it let go, its events would all be late.
+                quiet = False
+            holds[p] = math.inf if quiet else self._max_ts.get(p, -math.inf)
+        top = max(self._max_ts.values(), default=-math.inf)
+        idle = now - self._last_event_wall
+        nothing_to_fetch = caught_up is None or all(map(caught_up, self._assigned_at))
+        if idle >= self.cfg.events.idle_advance_s and nothing_to_fetch:
+            top += idle
+            holds = {p: h if h == -math.inf else max(h, top) for p, h in holds.items()}
+        return holds, top
+
+    def _release_holds(self) -> dict[int, float]:
+        """Per assigned partition, the event time before which all its records are applied.
+
+        Its oldest buffered event; else, with more to fetch, its frontier; else none (inf).
+        """
+        holds: dict[int, float] = {}
+        caught_up = self._caught_up
+        for p in self._assigned_at:
+            q = self._buf.get(p)
+            head = next((ev.ts for _, ev in q if ev is not None), None) if q else None
+            if head is not None:
+                holds[p] = head
+            elif caught_up is None or caught_up(p):
+                holds[p] = math.inf
+            else:
+                holds[p] = self._frontier.get(p, -math.inf)
+        return holds
+
+    def _sync_group(self, partitions: Collection[int]) -> None:
+        """Publish our partitions' holds and take the lowest of the other partitions' (run).
+
+        Instances of one group share the counters, so a decision on bucket B (applying its
+        events, evaluating them, closing it) waits until every partition of the topic is past
+        what B needs, as one process aligning all partitions would. A partition whose record
+        has not been refreshed for `events.idle_partition_s` (its owner died or hangs; Kafka
+        gives it to another within the session timeout) stops holding the group back, as does
+        one nobody has published that long after this instance started.
+        """
+        if set(partitions) <= self._assigned_at.keys():
+            # Alone with the topic: nobody to wait for, nobody reads our records.
+            self._group_release = self._group_wm = math.inf
+            return
+        now = self.wall()
+        wm_holds, _ = self._wm_holds()
+        mine = {
+            p: f"{h!r} {wm_holds[p]!r} {now!r}".encode() for p, h in self._release_holds().items()
+        }
+        everyone = self.store.exchange_clock(self.source, mine)
+        idle_s = self.cfg.events.idle_partition_s
+        release, wm = math.inf, math.inf
+        for p in set(partitions) | set(everyone):
+            if p in self._assigned_at:
+                continue
+            raw = everyone.get(p)
+            if raw is None:
+                if now - self._started < idle_s:
+                    release = wm = -math.inf
+                continue
+            r, w, at = (float(x) for x in raw.split())
+            if now - at < idle_s:
+                release, wm = min(release, r), min(wm, w)
+        self._group_release, self._group_wm = release, wm
 
     def now(self) -> float:
         """The detector's current event time (the watermark plus the allowed lateness)."""
@@ -286,14 +355,19 @@ class Pipeline:
     # -- batches -------------------------------------------------------------------------------
 
     def process(
-        self, records: Sequence[Record], caught_up: Callable[[int], bool] | None = None
+        self,
+        records: Sequence[Record],
+        caught_up: Callable[[int], bool] | None = None,
+        partitions: Collection[int] = (),
     ) -> dict[int, int]:
         """Process one batch; returns the next offset per partition that state now covers.
 
         Records are buffered per partition and released in event-time order across partitions
         (a partition read far ahead waits for the others), up to the oldest frontier among the
         partitions that still have data to deliver. ``caught_up(p)`` tells whether partition
-        ``p`` has nothing more to fetch right now; without it every partition is caught up.
+        ``p`` has nothing more to fetch right now; without it every partition is caught up and
+        there is no group. With it (run), the other instances' partitions (of ``partitions``,
+        the topic's) hold our records back too, through the group clock (``_sync_group``).
         """
         t0 = time.perf_counter()
         self._caught_up = caught_up
@@ -326,10 +400,18 @@ class Pipeline:
         self.stats.records += len(records)
         if bad:
             self.dlq.flush()  # durable before the offsets that skip them are stored
-        for items, offsets in self._slices(self._release_limit(caught_up)):
-            self._apply_slice(items, offsets)
-            # Close buckets between slices, so models and re-checks run in event-time order.
-            self.tick()
+        while True:
+            if caught_up is not None:
+                self._sync_group(partitions)
+            released = False
+            for items, offsets in self._slices(self._release_limit(caught_up)):
+                self._apply_slice(items, offsets)
+                # Close buckets between slices, so models and re-checks run in event-time order.
+                self.tick()
+                released = True
+            if not (released and self._group_bound):
+                break  # all we may release now; or the group must move first (poll again soon)
+        self.held_by_group = self._group_bound and any(self._buf.values())
         if records:
             self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self.tick()
@@ -344,6 +426,7 @@ class Pipeline:
         delivered) on: records older than the slowest such frontier are safe to release, so the
         buffers hold only the skew between partitions. A caught-up partition holds nothing back.
         """
+        self._group_bound = False
         if caught_up is None:
             return math.inf
         if sum(len(q) for q in self._buf.values()) > self.cfg.events.align_buffer_records:
@@ -351,7 +434,15 @@ class Pipeline:
             # then arrive late, and are counted so).
             return math.inf
         holding = [self._frontier.get(p, -math.inf) for p in self._assigned_at if not caught_up(p)]
-        return min(holding) if holding else math.inf
+        local = min(holding) if holding else math.inf
+        group = self._group_release
+        if math.isfinite(group):
+            # The bucket every other partition has reached may go: per bucket, the instances
+            # advance together, and the slowest can always release its oldest bucket.
+            bucket_s = self.cfg.windows.bucket_s
+            group = (math.floor(group / bucket_s) + 1) * bucket_s
+        self._group_bound = group < local
+        return min(local, group)
 
     def drop_buffers(self) -> None:
         """Forget buffered records (the source is being rewound to the store's offsets)."""
@@ -617,11 +708,32 @@ class Pipeline:
             elif not self._leader:
                 self._models.clear()  # read the owner's fresh snapshots next time
                 self._model_cursor = None
+                if was:
+                    self.metrics.model_score.clear()  # the new owner exports scores now
         if not self._leader or self._model_cursor is None:
             return
-        for b in range(max(self._model_cursor + 1, horizon), target + 1):
+        first = self._model_cursor + 1
+        if first < horizon:
+            first = self._retained_from(first, horizon)
+        for b in range(first, target + 1):
             self._close_bucket(b)
         self._model_cursor = max(self._model_cursor, target)
+
+    def _retained_from(self, first: int, horizon: int) -> int:
+        """The first bucket from ``first`` on whose counters are still stored (else ``horizon``).
+
+        A writer that catches up from the snapshots' clock learns every bucket since, also those
+        past the windows' span: counters expire `retention_s` after their last write (wall time),
+        so a backlog consumed while the lease was taken over still holds them. Buckets whose
+        counters expired (a long outage of live traffic) cannot be learned and are skipped.
+        """
+        k = self.keys
+        segs = range(k.seg(first), k.seg(horizon) + 1)
+        res = self.store.read(Read(hashes=[k.orders(s * k.seg_buckets) for s in segs]))
+        for s, orders in zip(segs, res.hashes, strict=True):
+            if orders:
+                return max(first, s * k.seg_buckets)
+        return horizon
 
     def _load_clock(self, target: int) -> int:
         snap = self.store.snapshots([CLOCK_SNAPSHOT]).get(CLOCK_SNAPSHOT)

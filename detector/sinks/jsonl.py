@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import IO
 
 import orjson
+import structlog
 
 from detector.alerts.record import Alert
 from detector.sources.base import Record
+
+log = structlog.get_logger(__name__)
 
 
 class JsonlAlertSink:
@@ -20,13 +23,14 @@ class JsonlAlertSink:
         self._path = Path(path)
         self._seen: set[tuple[str, str]] = set()
         if self._path.exists():
+            _cut_torn_tail(self._path)
             with self._path.open("rb") as f:
                 for line in f:
                     try:
                         obj = orjson.loads(line)
                         self._seen.add((obj["alert_id"], obj["status"]))
                     except (orjson.JSONDecodeError, KeyError, TypeError):
-                        continue  # a torn last line from a crash: rewritten below if needed
+                        continue  # not ours (edited by hand): left as it is
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._f: IO[bytes] = self._path.open("ab")
 
@@ -44,6 +48,33 @@ class JsonlAlertSink:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a last line without its newline: a write cut short by a crash.
+
+    Its record is still in the outbox (acknowledged only after every sink wrote it), so it is
+    written again, whole, on its own line.
+    """
+    with path.open("r+b") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            nl = f.read(end - start).rfind(b"\n")
+            if nl >= 0:
+                f.truncate(start + nl + 1)
+                break
+            end = start
+        else:
+            f.truncate(0)
+        log.warning("alerts file: cut a torn last line (a crash mid-write)", path=str(path))
 
 
 class StdoutAlertSink:

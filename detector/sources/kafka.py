@@ -11,7 +11,7 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import structlog
@@ -148,6 +148,9 @@ def _sasl_probe(cfg: KafkaConfig, sock: socket.socket, host: str, server: str) -
         raise SourceError(f"{refused}; {hint}")
 
 
+# Poll timeout while the pipeline holds records for the other instances: they move on in
+# milliseconds, and a full poll timeout per bucket would make a shared backlog crawl.
+_WAITING_POLL_MS = 20
 # How often lag() asks the brokers for the partitions' end offsets (one ListOffsets request).
 _END_OFFSETS_EVERY_S = 2.0
 
@@ -213,7 +216,10 @@ class KafkaSource:
         # dropped unapplied from the alignment buffers; and Kafka's committed offsets, where a
         # new partition would start, may be ahead of the store's if Redis lost its last writes.
         self._on_assign(partitions)
-        stored = self._stored()
+        self._seek(partitions, self._stored())
+        log.info("partitions assigned", topic=self._topic, partitions=sorted(partitions))
+
+    def _seek(self, partitions: Iterable[int], stored: dict[int, int]) -> None:
         for p in partitions:
             tp = TopicPartition(self._topic, p)
             if p in stored:
@@ -222,7 +228,6 @@ class KafkaSource:
                 self._c.seek_to_beginning(tp)  # nothing of it in the store yet
             else:
                 self._c.seek_to_end(tp)
-        log.info("partitions assigned", topic=self._topic, partitions=sorted(partitions))
 
     def _revoked(self, partitions: list[int]) -> None:
         # Runs on kafka-python's IO thread, where blocking commits are not allowed; the store
@@ -233,10 +238,11 @@ class KafkaSource:
     def stop(self) -> None:
         self._stop = True
 
-    def batches(self) -> Iterator[list[Record]]:
+    def batches(self, waiting: Callable[[], bool] = lambda: False) -> Iterator[list[Record]]:
+        """Polled batches; while ``waiting()`` (records held for the group clock), poll briefly."""
         self._c.subscribe([self._topic], listener=_Listener(self))
-        timeout = self._cfg.poll_timeout_ms
         while not self._stop:
+            timeout = _WAITING_POLL_MS if waiting() else self._cfg.poll_timeout_ms
             polled = self._c.poll(timeout_ms=timeout, max_records=self._cfg.max_poll_records)
             batch = [
                 Record(m.value, m.topic, m.partition, m.offset, m.key, m.timestamp)
@@ -276,6 +282,11 @@ class KafkaSource:
                 out[tp.partition] = max(0, end - self._c.position(tp))
         return out
 
+    def partitions(self) -> set[int]:
+        """The topic's partitions (from the client's metadata cache)."""
+        parts: set[int] = self._c.partitions_for_topic(self._topic) or set()
+        return parts
+
     def caught_up(self, partition: int) -> bool:
         """True when everything up to the partition's end has been fetched."""
         tp = TopicPartition(self._topic, partition)
@@ -283,11 +294,12 @@ class KafkaSource:
         return end is not None and self._c.position(tp) >= end
 
     def seek(self, offsets: dict[int, int]) -> None:
-        """Rewind partitions to the store's offsets (after a store error, to retry cleanly)."""
-        assigned = {tp.partition for tp in self._c.assignment()}
-        for p, o in offsets.items():
-            if p in assigned:
-                self._c.seek(TopicPartition(self._topic, p), o)
+        """Rewind our partitions to the store's offsets (after an error, to retry cleanly).
+
+        One the store holds nothing of goes back to where it started from (its first records
+        may have been fetched, and not applied).
+        """
+        self._seek({tp.partition for tp in self._c.assignment()}, offsets)
 
     def commit(self, offsets: dict[int, int]) -> None:
         if not offsets:

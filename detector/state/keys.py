@@ -19,6 +19,7 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 | ``cv:{seg}`` | zset | campaign -> redemptions in the segment (top campaigns for models) | retention |
 | ``e:{event_id}`` | string | position that claimed the event (dedupe) | dedupe horizon |
 | ``off:{source}:{p}`` / ``mt:{source}:{p}`` | string | partition's next offset / max event time | none |
+| ``clk:{source}`` | hash | partition -> ``{release hold} {watermark hold} {wall time}`` published by its owner (the group clock) | none |
 | ``al`` | hash | ``{rule}|{key}`` -> alert-episode state (JSON) | none (lifecycle deletes) |
 | ``ob`` | hash | outbox: record id -> alert record not yet delivered to sinks | none (acked) |
 | ``dirty`` | set | ``{scope}|{key}|{campaign}`` touched by applied batches, not yet evaluated | none |
@@ -88,6 +89,9 @@ class Keys:
 
     def max_ts(self, source: str, partition: int) -> str:
         return f"{self.prefix}mt:{source}:{partition}"
+
+    def group_clock(self, source: str) -> str:
+        return f"{self.prefix}clk:{source}"
 
     @property
     def alerts(self) -> str:

@@ -25,6 +25,7 @@ class MemoryStore:
         self._hashes: dict[str, dict[str, float]] = {}
         self._zsets: dict[str, dict[str, float]] = {}
         self._zmin: dict[str, float] = {}  # a lower bound of each zset's scores
+        self._zmax: dict[str, float] = {}  # each zset's newest score (trims are relative to it)
         self._touched: dict[str, float] = {}
         self._claims: dict[str, tuple[str, float]] = {}
         self._offsets: dict[str, Progress] = {}
@@ -33,6 +34,7 @@ class MemoryStore:
         self._outbox: dict[str, bytes] = {}
         self._models: dict[str, bytes] = {}
         self._leases: dict[str, tuple[str, float]] = {}
+        self._clocks: dict[str, dict[int, bytes]] = {}
         self._now_ts = 0.0
         self._applies = 0
         self._seq = 0
@@ -93,7 +95,8 @@ class MemoryStore:
                     z[m] = ts
                 latest = max(latest, ts)
             ttl = delta.ttls.get(key, self._ttl)
-            floor = latest - ttl
+            top = self._zmax[key] = max(self._zmax.get(key, latest), latest)
+            floor = top - ttl
             # Scan for expired members only when the oldest one may have expired.
             if self._zmin.get(key, -1.0) < floor:
                 for m in [m for m, ts in z.items() if ts < floor]:
@@ -117,6 +120,7 @@ class MemoryStore:
             self._hashes.pop(k, None)
             self._zsets.pop(k, None)
             self._zmin.pop(k, None)
+            self._zmax.pop(k, None)
             del self._touched[k]
         gone = [e for e, (_, until) in self._claims.items() if until < self._now_ts]
         for e in gone:
@@ -153,6 +157,11 @@ class MemoryStore:
             {k: v for k, v in p.offsets.items() if k in partitions},
             {k: v for k, v in p.max_ts.items() if k in partitions},
         )
+
+    def exchange_clock(self, source: str, mine: dict[int, bytes]) -> dict[int, bytes]:
+        clock = self._clocks.setdefault(source, {})
+        clock.update(mine)
+        return dict(clock)
 
     def dirty(self) -> set[str]:
         return set(self._dirty)

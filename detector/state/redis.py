@@ -112,6 +112,10 @@ for _ = 1, n do
     end
   end
   if #args > 3 then redis.call(unpack(args)) end
+  -- Trim relative to the set's newest member, not the batch's: the same set whatever order
+  -- batches arrive in (instances of a group apply one bucket's partitions in any order).
+  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+  if top and tonumber(top) > latest then latest = tonumber(top) end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (latest - kttl))
   redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
   redis.call('EXPIRE', key, kttl)
@@ -302,6 +306,16 @@ class RedisStore:
             {p: int(v) for p, v in zip(parts, offs, strict=True) if v is not None},
             {p: float(v) for p, v in zip(parts, mts, strict=True) if v is not None},
         )
+
+    def exchange_clock(self, source: str, mine: dict[int, bytes]) -> dict[int, bytes]:
+        key = self._keys.group_clock(source)
+        with self._op("clock"):
+            pipe = self._r.pipeline(transaction=False)
+            if mine:
+                pipe.hset(key, mapping={str(p): v for p, v in mine.items()})
+            pipe.hgetall(key)
+            everyone = pipe.execute()[-1]
+        return {int(p): _bytes(v) for p, v in everyone.items()}
 
     def dirty(self) -> set[str]:
         with self._op("dirty"):

@@ -810,6 +810,65 @@ def test_redis_stopped_60s_stalls_consumption_then_resumes_with_correct_state(
     assert_same_alerts(got, reference.alerts, "alerts after a 60 s Redis outage")
 
 
+def store_calls(run: Run) -> float:
+    """State-store operations the process has made (every loop makes some)."""
+    m = run.metrics()
+    return sum(
+        v for k, v in m.items() if k.startswith("detector_store_operation_duration_seconds_count")
+    )
+
+
+def test_redis_down_during_a_rebalance_waits_for_redis_instead_of_exiting(
+    stream: Stream,
+    reference: Reference,
+    runs: Runs,
+    own_redis: OwnRedis,
+    tmp_path: Path,
+) -> None:
+    """The survivor's assignment callback finds Redis stopped: it waits, then takes over."""
+    group = f"rebalance-{stream.topic}"
+    redis_client, redis_prefix = own_redis.client, "faults:"
+
+    def config(name: str, **over: Any) -> Path:
+        alerts = tmp_path / f"{name}.jsonl"
+        return runs.config(
+            name,
+            run_config(stream, group, redis_prefix, alerts, redis={"url": own_redis.url}, **over),
+        )
+
+    # The survivor polls for 20 s when idle: it is inside poll(), where kafka-python calls the
+    # rebalance listener, for most of the outage.
+    survivor = runs.start("survivor", config("survivor", kafka={"poll_timeout_ms": 20_000}))
+    victim = runs.start("victim", config("victim"))
+    wait_until(lambda: len(group_members(stream.bootstrap, group)) == 2, 60, "2 members")
+    wait_done(redis_client, redis_prefix, group, stream, [survivor, victim], timeout=240)
+    # Right after the survivor's loop touched the store, it is back in a 20 s poll.
+    calls = store_calls(survivor)
+    wait_until(lambda: store_calls(survivor) > calls, 30, "a loop", [survivor], every=0.02)
+    log_at = len(survivor.log.read_bytes())
+    try:
+        own_redis.sh("stop")
+        victim.kill()
+        wait_until(lambda: len(group_members(stream.bootstrap, group)) == 1, 30, "the rebalance")
+        time.sleep(8.0)  # the assignment callback retries against the stopped Redis
+        assert survivor.alive(), survivor.tail()
+    finally:
+        own_redis.sh("start")
+    during = survivor.log.read_bytes()[log_at:].decode(errors="replace")
+    assert "partitions revoked" in during and "state store unavailable; retrying" in during
+    wait_until(
+        lambda: "partitions assigned" in survivor.log.read_bytes()[log_at:].decode(),
+        60,
+        "the assignment to complete once Redis is back",
+        [survivor],
+    )
+    assert survivor.metrics().get("detector_store_up") == 1
+    assert survivor.stop() == 0, survivor.tail()
+    assert_same_state(
+        dump_state(redis_client, redis_prefix), reference.state, "state after the rebalance"
+    )
+
+
 # Atomic snapshot and restore of one key prefix (every key of this test, nobody else's): with it,
 # the restarted Redis is made to have lost this test's last writes, as a Redis that restarts
 # without its last second of AOF (appendfsync everysec, a host crash) would. A SIGKILLed

@@ -7,14 +7,15 @@ and leave the same windowed state in Redis (every event applied once, whichever 
 partition). The models have one writer: the ``lease:models`` key names one owner, snapshots are
 written, and ``detector_model_score`` is exported by one process at a time.
 
-The instances align partitions in event time each on its own (docs/architecture.md): with a
-backlog, three instances race through their partitions at different speeds, and the models'
-writer closes buckets by its own clock. Live traffic arrives at the pace of the wall clock, so the
-three advance together; the tests produce the stream at a controlled pace (``PACE_S``), faster than
-real time but slow enough for every instance to keep up (docs/operations.md, "Scale-out").
+The instances advance by the group clock (docs/architecture.md): each publishes its partitions'
+event-time holds in Redis, and none applies, evaluates or closes a bucket before every partition of
+the topic is past what that bucket needs.
 
-1. Three instances, no fault.
-2. Three instances, the models' writer SIGKILLed mid-stream: its partitions move to the others
+1. Three instances, the stream produced at a controlled pace (``PACE_S``), no fault.
+2. Three instances, the whole stream produced at once (a backlog: the instances would race
+   through their partitions at their own speeds without the group clock); repeated
+   ``FAULTS_SCALE_REPEAT`` times (default 1) against one reference.
+3. Three instances, the models' writer SIGKILLed mid-stream: its partitions move to the others
    after the session timeout (a rebalance), another instance takes the models' lease over and
    continues from the last persisted models.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 import uuid
@@ -66,6 +68,7 @@ PARTITIONS = 6
 INSTANCES = 3
 # Wall-clock seconds over which the ~4,300 events (8 hours of event time) are produced.
 PACE_S = float(os.environ.get("FAULTS_SCALE_PACE_S", "50"))
+REPEAT = int(os.environ.get("FAULTS_SCALE_REPEAT", "1"))
 
 
 # -------------------------------------------------------------------- helpers --
@@ -314,6 +317,25 @@ def check_models(
     return owners
 
 
+def assert_same_as_reference(
+    r: redis.Redis,
+    prefix: str,
+    files: list[Path],
+    reference: Reference,
+    tag: str,
+    record: Callable[[str, object], None],
+) -> None:
+    """CONTRACT §4: the same episodes (detected_at within a bucket), state and models."""
+    got, repeated = union_alerts(files)
+    print(f"[faults] {tag}.alert_records = {len(got)}, delivered twice = {repeated}")
+    worst = assert_same_alerts(got, reference.alerts, f"{tag}: 3 instances vs 1")
+    print(f"[faults] {tag}.detected_at_max_diff_s = {worst}")
+    record(f"{tag}.detected_at_max_diff_s", worst)
+    diffs = state_diff(dump_state(r, prefix), reference.state)
+    assert not diffs, f"{tag}: state of 3 instances vs 1: {len(diffs)} differences: {diffs[:10]}"
+    assert_same_models(dump_models(r, prefix), reference.models, f"{tag}: 3 instances")
+
+
 def test_three_instances_raise_the_same_alerts_as_one_with_one_model_writer(
     reference: Reference,
     day: tuple[list[dict[str, Any]], dict[str, str]],
@@ -350,13 +372,38 @@ def test_three_instances_raise_the_same_alerts_as_one_with_one_model_writer(
 
     owners = check_models(redis_client, redis_prefix, watch, record_property, "scale")
     assert len(owners) == 1, f"the models' lease changed hands without a fault: {owners}"
-    got, repeated = union_alerts(files)
-    print(f"[faults] scale.alert_records = {len(got)}, delivered twice = {repeated}")
-    worst = assert_same_alerts(got, reference.alerts, "3 instances vs 1")
-    print(f"[faults] scale.detected_at_max_diff_s = {worst}")
-    diffs = state_diff(dump_state(redis_client, redis_prefix), reference.state)
-    assert not diffs, f"state of 3 instances vs 1: {len(diffs)} differences: {diffs[:10]}"
-    assert_same_models(dump_models(redis_client, redis_prefix), reference.models, "3 instances")
+    assert_same_as_reference(redis_client, redis_prefix, files, reference, "scale", record_property)
+
+
+@pytest.mark.parametrize("attempt", range(REPEAT))
+def test_three_instances_through_a_backlog_raise_the_same_alerts_as_one(
+    attempt: int,
+    reference: Reference,
+    day: tuple[list[dict[str, Any]], dict[str, str]],
+    topics: Callable[[], str],
+    stack: Any,
+    runs: Runs,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    events, campaigns = day
+    name = topics()
+    t = Topic(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
+    group = f"scale-backlog-{name}"
+    procs, files = start_group(runs, t, group, redis_prefix, tmp_path)
+    t0 = time.monotonic()
+    produce(t.bootstrap, name, events)
+    t.ends = end_offsets(t.bootstrap, name)
+    wait_all_applied(redis_client, redis_prefix, group, t, procs, timeout=240)
+    seconds = time.monotonic() - t0
+    for x in procs:
+        assert x.stop() == 0, x.tail()
+    tag = f"scale_backlog[{attempt}]"
+    print(f"[faults] {tag}.seconds = {seconds:.1f}")
+    record_property(f"{tag}.seconds", round(seconds, 1))
+    assert_same_as_reference(redis_client, redis_prefix, files, reference, tag, record_property)
 
 
 def test_killing_the_model_writer_mid_stream_rebalances_and_keeps_the_same_alerts(
@@ -444,3 +491,59 @@ def test_killing_the_model_writer_mid_stream_rebalances_and_keeps_the_same_alert
     assert_same_models(got_models, reference.models, "3 instances, writer killed", exact=False)
     worst = assert_same_alerts(got, reference.alerts, "3 instances, writer killed, vs 1")
     print(f"[faults] scale_kill.detected_at_max_diff_s = {worst}")
+
+
+def test_an_instance_that_lost_the_models_lease_stops_exporting_model_scores(
+    day: tuple[list[dict[str, Any]], dict[str, str]],
+    topics: Callable[[], str],
+    stack: Any,
+    runs: Runs,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """The writer stalls (SIGSTOP) past its lease, another takes the models over; once it runs
+    again, only the lease's owner exports ``detector_model_score``."""
+    events, campaigns = day
+    name = topics()
+    t = Topic(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
+    group = f"lease-{name}"
+    procs = []
+    for i in range(2):
+        cfg = run_config(
+            t, group, redis_prefix, tmp_path / f"alerts-{i}.jsonl", models={"lease_ttl_s": 2.0}
+        )
+        procs.append(runs.start(f"instance{i}", runs.config(f"i{i}", cfg)))
+    wait_until(lambda: len(group_members(t.bootstrap, group)) == 2, 90, "2 members", procs)
+    produce(t.bootstrap, name, events)
+    t.ends = end_offsets(t.bootstrap, name)
+    wait_all_applied(redis_client, redis_prefix, group, t, procs, timeout=240)
+    lease = f"{redis_prefix}lease:models"
+
+    def exporters() -> list[int]:
+        return [
+            x.proc.pid
+            for x in procs
+            if any(k.startswith("detector_model_score{") for k in x.metrics())
+        ]
+
+    writer = pid_of(redis_client.get(lease))
+    assert exporters() == [writer]
+    victim = next(x for x in procs if x.proc.pid == writer)
+    other = next(x for x in procs if x is not victim)
+    victim.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: pid_of(redis_client.get(lease)) == other.proc.pid,
+            60,
+            "the other instance to take the models' lease",
+            [other],
+        )
+    finally:
+        victim.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: exporters() == [other.proc.pid], 30, "one exporter: the lease's owner")
+    time.sleep(3.0)  # and it stays so
+    assert exporters() == [other.proc.pid]
+    assert pid_of(redis_client.get(lease)) == other.proc.pid
+    for x in procs:
+        assert x.stop() == 0, x.tail()

@@ -81,6 +81,21 @@ def test_distinct_members_older_than_retention_are_dropped(store: Store) -> None
     assert [m for m, _ in res.members[0]] == ["NEW"]
 
 
+def test_distinct_set_trim_does_not_depend_on_the_order_batches_are_applied_in(
+    store: Store,
+) -> None:
+    """Instances of a group apply one bucket's partitions in any order: the same set results."""
+    key = k(store).account_codes("acc2")
+    d = Delta()
+    d.seen(key, "NEW", 1000.0 + TTL + 10, 100)
+    store.apply(d, None)
+    d = Delta()
+    d.seen(key, "OLD", 1000.0, 100)  # applied after, older than the set's window
+    store.apply(d, None)
+    res = store.read(Read(members=[(key, 0.0)]))
+    assert [m for m, _ in res.members[0]] == ["NEW"]
+
+
 def test_claim_is_new_once_then_duplicate_but_same_position_reclaims(store: Store) -> None:
     assert store.claim([("e1", "p0:1"), ("e2", "p0:2"), ("e1", "p0:3")], 60) == [True, True, False]
     # A redelivery of the same record (same position) after a crash is still "new".
