@@ -17,13 +17,21 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 | ``gm:{campaign}`` | zset | codes with 2+ distinct accounts -> last event time (capped) | memory |
 | ``o:{seg}`` | hash | ``n{b}`` all orders, with or without a code | retention |
 | ``cv:{seg}`` | zset | campaign -> redemptions in the segment (top campaigns for models) | retention |
-| ``e:{event_id}`` | string | position that claimed the event (dedupe) | dedupe horizon |
+| ``e:{slice}:{shard}`` | hash | event-id digest -> digest of the position that claimed it (dedupe) | slice end + dedupe horizon |
 | ``off:{source}:{p}`` / ``mt:{source}:{p}`` | string | partition's next offset / max event time | none |
 | ``al`` | hash | ``{rule}|{key}`` -> alert-episode state (JSON) | none (lifecycle deletes) |
 | ``ob`` | hash | outbox: record id -> alert record not yet delivered to sinks | none (acked) |
 | ``dirty`` | set | ``{scope}|{key}|{campaign}`` touched by applied batches, not yet evaluated | none |
 | ``m`` | hash | model name -> snapshot bytes | none |
 | ``lease:{name}`` | string | owner id of a single-writer lease | lease TTL |
+
+Claims (``e:``): ``{slice}`` is ``floor(redis_time / (horizon / 2))``, ``{shard}`` the event id's
+BLAKE2b digest modulo 16,384; the field is 14 more bytes of that digest (112 bits: two ids collide
+with a probability of about 1e-20 among 20M claims, and a collision would drop one event as a
+duplicate) and the value an 8-byte digest of ``source:partition:offset`` (a collision could only
+let a duplicate of a redelivered record count as new). Shards keep each hash in Redis's compact
+listpack encoding up to ~2M claims per slice; a slice's hashes expire together. The in-memory
+store keeps plain ``event_id -> position`` entries, expired by event time.
 
 Campaign ``~{code}`` stands for a code without ``campaign_id``: each such code is its own campaign
 for campaign-level counters and the discount rule.
@@ -80,8 +88,10 @@ class Keys:
     def campaign_volume(self, bucket: int) -> str:
         return f"{self.prefix}cv:{self.seg(bucket)}"
 
-    def claim(self, event_id: str) -> str:
-        return f"{self.prefix}e:{event_id}"
+    @property
+    def claims(self) -> str:
+        """The prefix of the claim hashes ``e:{slice}:{shard}`` (built in the Redis script)."""
+        return f"{self.prefix}e:"
 
     def offsets(self, source: str, partition: int) -> str:
         return f"{self.prefix}off:{source}:{partition}"

@@ -8,6 +8,7 @@ AOF, always leaves a consistent point to resume from.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,10 @@ from detector.state.base import Commit, Delta, Progress, Read, ReadResult
 from detector.state.keys import Keys
 
 Observer = Callable[[str, float, bool], None]
+
+# Claim hashes per time slice: enough that a slice of a million events keeps each under Redis's
+# default listpack limit (128 fields), small enough that a quiet slice costs little.
+CLAIM_SHARDS = 16384
 
 # KEYS: alerts, outbox, models, lease, dirty, outbox-seq.
 # ARGV: owner, n_changes, (name, has_expected, expected, has_new, new, has_outbox, outbox)*,
@@ -80,13 +85,27 @@ end
 return 0
 """
 
-# One call per batch: the client encodes one command instead of one per key (the hot path).
-# ARGV: default_ttl, n_counters, (key, field, by)*, n_zsets, (key, ttl, cap, n, (score, member)*)*,
+# One call per batch, one round trip: the offsets check (a writer that is not where the store is
+# writes nothing), the delta and the progress, atomically (a script runs alone, as MULTI/EXEC).
+# ARGV: n_checks, (offset_key, expected or '' for none stored)*, n_sets, (key, value)*,
+#       default_ttl, n_counters, (key, field, by)*, n_zsets, (key, ttl, cap, n, (score, member)*)*,
 #       dirty_key, n_dirty, member*.
+# Returns {} when applied, else {index of the stale check, offset stored there or ''}.
 _APPLY_LUA = """
-local ttl = tonumber(ARGV[1])
-local i = 2
+local i = 1
 local n = tonumber(ARGV[i]); i = i + 1
+for c = 1, n do
+  local have = redis.call('GET', ARGV[i]) or ''
+  if have ~= ARGV[i + 1] then return {c, have} end
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('SET', ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local ttl = tonumber(ARGV[i]); i = i + 1
+n = tonumber(ARGV[i]); i = i + 1
 local hashes = {}
 for _ = 1, n do
   redis.call('HINCRBYFLOAT', ARGV[i], ARGV[i + 1], ARGV[i + 2])
@@ -119,17 +138,36 @@ end
 local dirty = ARGV[i]
 n = tonumber(ARGV[i + 1]); i = i + 2
 for _ = 1, n do redis.call('SADD', dirty, ARGV[i]); i = i + 1 end
-return 1
+return {}
 """
 
-# ARGV: ttl, (key, position)*; returns 1 where the event is new (or claimed by this position).
+# Claims live in hashes per (time slice of the Redis clock, shard of the event id): a shard holds
+# few claims (a compact listpack) and a slice's hashes expire together, instead of one key with
+# its own TTL per event. A slice is half the dedupe horizon; a claim written in slice s stays
+# until s ends plus the horizon, so it is looked up in slices s, s-1 and s-2.
+# ARGV: key prefix, slice_s, ttl_s, (shard, event digest, position digest)*.
+# Returns 1 where the event is new (or claimed by this very position), else 0.
 _CLAIM_LUA = """
-local out = {}
-local ttl = ARGV[1]
-for j = 2, #ARGV, 2 do
-  local held = redis.call('SET', ARGV[j], ARGV[j + 1], 'NX', 'GET', 'EX', ttl)
-  out[#out + 1] = (held == false or held == ARGV[j + 1]) and 1 or 0
+local prefix, w, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local slice = math.floor(tonumber(redis.call('TIME')[1]) / w)
+local back = math.ceil(ttl / w)
+local out, written = {}, {}
+for j = 4, #ARGV, 3 do
+  local shard, id, pos = ':' .. ARGV[j], ARGV[j + 1], ARGV[j + 2]
+  local held = false
+  for s = slice, slice - back, -1 do
+    held = redis.call('HGET', prefix .. s .. shard, id)
+    if held then break end
+  end
+  if held == false then
+    local key = prefix .. slice .. shard
+    redis.call('HSET', key, id, pos)
+    written[key] = true
+  end
+  out[#out + 1] = (held == false or held == pos) and 1 or 0
 end
+local until_ts = (slice + 1) * w + ttl
+for key, _ in pairs(written) do redis.call('EXPIREAT', key, until_ts) end
 return out
 """
 
@@ -158,6 +196,10 @@ def connect(cfg: RedisConfig) -> redis.Redis:
         if cfg.ssl_keyfile:
             kwargs["ssl_keyfile"] = cfg.ssl_keyfile
     return redis.Redis.from_url(cfg.url, **kwargs)
+
+
+def _digest(s: str, size: int) -> bytes:
+    return hashlib.blake2b(s.encode(), digest_size=size).digest()
 
 
 def _num(v: bytes | None) -> float:
@@ -213,50 +255,47 @@ class RedisStore:
     def claim(self, claims: Sequence[tuple[str, str]], ttl_s: float) -> list[bool]:
         if not claims:
             return []
-        args: list[Any] = [max(1, int(ttl_s))]
+        ttl = max(1, int(ttl_s))
+        args: list[Any] = [self._keys.claims, max(1, -(-ttl // 2)), ttl]
         for event_id, pos in claims:
-            args += [self._keys.claim(event_id), pos]
+            d = _digest(event_id, 16)
+            # The first 2 bytes pick the shard, the other 14 (112 bits) stand for the id.
+            shard = int.from_bytes(d[:2], "big") % CLAIM_SHARDS
+            args += [shard, d[2:], _digest(pos, 8)]
         with self._op("claim"):
             res = self._claim(args=args)
         return [bool(x) for x in res]
 
     def apply(self, delta: Delta, progress: Progress | None) -> None:
-        with self._op("apply"), self._r.pipeline(transaction=True) as pipe:
-            if progress is not None and progress.expected:
-                self._check_offsets(pipe, progress)
-            pipe.multi()
-            self._queue_delta(pipe, delta)
-            if progress is not None:
-                k = self._keys
-                for part, off in progress.offsets.items():
-                    pipe.set(k.offsets(progress.source, part), off)
-                for part, ts in progress.max_ts.items():
-                    pipe.set(k.max_ts(progress.source, part), repr(ts))
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                raise StaleProgress(
-                    f"partitions {sorted(progress.expected) if progress else []} were applied by "
-                    f"another writer during this batch"
-                ) from None
+        args: list[Any] = []
+        parts: list[int] = []
+        if progress is not None:
+            k = self._keys
+            parts = sorted(progress.expected)
+            args.append(len(parts))
+            for p in parts:
+                want = progress.expected[p]
+                args += [k.offsets(progress.source, p), "" if want is None else str(want)]
+            args.append(len(progress.offsets) + len(progress.max_ts))
+            for part, off in progress.offsets.items():
+                args += [k.offsets(progress.source, part), off]
+            for part, ts in progress.max_ts.items():
+                args += [k.max_ts(progress.source, part), repr(ts)]
+        else:
+            args += [0, 0]
+        self._delta_args(args, delta)
+        with self._op("apply"):
+            stale = self._apply(args=args)
+        if stale:
+            assert progress is not None
+            p, have = parts[int(stale[0]) - 1], _str(stale[1])
+            raise StaleProgress(
+                f"partition {p} of {progress.source} is at offset {have or None}, not "
+                f"{progress.expected[p]}: another writer applied it"
+            )
 
-    def _check_offsets(self, pipe: Any, progress: Progress) -> None:
-        parts = sorted(progress.expected)
-        keys = [self._keys.offsets(progress.source, p) for p in parts]
-        pipe.watch(*keys)
-        stored = pipe.mget(keys)
-        for p, raw in zip(parts, stored, strict=True):
-            have = int(raw) if raw is not None else None
-            if have != progress.expected[p]:
-                raise StaleProgress(
-                    f"partition {p} of {progress.source} is at offset {have}, not "
-                    f"{progress.expected[p]}: another writer applied it"
-                )
-
-    def _queue_delta(self, pipe: Any, delta: Delta) -> None:
-        if not delta.counters and not delta.distinct and not delta.dirty:
-            return
-        args: list[Any] = [self._ttl, len(delta.counters)]
+    def _delta_args(self, args: list[Any], delta: Delta) -> None:
+        args += [self._ttl, len(delta.counters)]
         for (key, fld), by in delta.counters.items():
             args += [key, fld, repr(by)]
         args.append(len(delta.distinct))
@@ -265,7 +304,6 @@ class RedisStore:
             for m, ts in members.items():
                 args += [repr(ts), m]
         args += [self._keys.dirty, len(delta.dirty), *delta.dirty]
-        self._apply(args=args, client=pipe)
 
     def read(self, req: Read) -> ReadResult:
         with self._op("read"):
@@ -327,7 +365,10 @@ class RedisStore:
         with self._op("commit"):
             pipe = self._r.pipeline(transaction=True)
             self._commit(keys=keys, args=args, client=pipe)
-            self._queue_delta(pipe, c.marks)
+            if len(c.marks) or c.marks.dirty:
+                marks: list[Any] = [0, 0]
+                self._delta_args(marks, c.marks)
+                self._apply(args=marks, client=pipe)
             res = pipe.execute()[0]
         return [bool(x) for x in res]
 
