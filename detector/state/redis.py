@@ -23,9 +23,10 @@ from detector.state.keys import Keys
 
 Observer = Callable[[str, float, bool], None]
 
-# Claim hashes per time slice: enough that a slice of a million events keeps each under Redis's
-# default listpack limit (128 fields), small enough that a quiet slice costs little.
-CLAIM_SHARDS = 16384
+# Claim hashes per time slice: few enough that a batch's claims share hashes (calls per shard, not
+# per event), enough that a slice of 130k claims keeps each hash in Redis's compact listpack
+# encoding (128 fields by default); past that a hash is a hashtable, still ~1/3 of a key per claim.
+CLAIM_SHARDS = 1024
 
 # KEYS: alerts, outbox, models, lease, dirty, outbox-seq.
 # ARGV: owner, n_changes, (name, has_expected, expected, has_new, new, has_outbox, outbox)*,
@@ -141,33 +142,44 @@ for _ = 1, n do redis.call('SADD', dirty, ARGV[i]); i = i + 1 end
 return {}
 """
 
-# Claims live in hashes per (time slice of the Redis clock, shard of the event id): a shard holds
-# few claims (a compact listpack) and a slice's hashes expire together, instead of one key with
-# its own TTL per event. A slice is half the dedupe horizon; a claim written in slice s stays
-# until s ends plus the horizon, so it is looked up in slices s, s-1 and s-2.
-# ARGV: key prefix, slice_s, ttl_s, (shard, event digest, position digest)*.
-# Returns 1 where the event is new (or claimed by this very position), else 0.
+# Claims live in hashes per (time slice of the Redis clock, shard of the event id), instead of one
+# key with its own TTL per event: a slice's hashes expire together, and the claims of one batch are
+# grouped by shard (one HMGET per slice and one HSET per shard touched, not a call per event).
+# A slice lasts one dedupe horizon; a claim written in slice s stays until s ends plus the horizon
+# (one to two horizons), so it is looked up in slices s and s-1.
+# ARGV: key prefix, horizon_s, n_groups, (shard, n, (event digest, position digest)*)*.
+# Returns, group after group, 1 where the event is new (or claimed by this very position), else 0.
 _CLAIM_LUA = """
-local prefix, w, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local slice = math.floor(tonumber(redis.call('TIME')[1]) / w)
-local back = math.ceil(ttl / w)
-local out, written = {}, {}
-for j = 4, #ARGV, 3 do
-  local shard, id, pos = ':' .. ARGV[j], ARGV[j + 1], ARGV[j + 2]
-  local held = false
-  for s = slice, slice - back, -1 do
-    held = redis.call('HGET', prefix .. s .. shard, id)
-    if held then break end
+local prefix, ttl = ARGV[1], tonumber(ARGV[2])
+local slice = math.floor(tonumber(redis.call('TIME')[1]) / ttl)
+local cur, prev = prefix .. slice .. ':', prefix .. (slice - 1) .. ':'
+local until_ts = (slice + 1) * ttl + ttl
+local out = {}
+local i = 4
+for _ = 1, tonumber(ARGV[3]) do
+  local shard, n = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  local ids = {}
+  for c = 1, n do ids[c] = ARGV[i + 2 * c - 2] end
+  local held = redis.call('HMGET', cur .. shard, unpack(ids))
+  local older = redis.call('HMGET', prev .. shard, unpack(ids))
+  local new, add = {}, {'HSET', cur .. shard}
+  for c = 1, n do
+    local id, pos = ids[c], ARGV[i + 2 * c - 1]
+    local h = held[c] or older[c] or new[id] or false
+    if h == false then
+      new[id] = pos
+      add[#add + 1] = id
+      add[#add + 1] = pos
+    end
+    out[#out + 1] = (h == false or h == pos) and 1 or 0
   end
-  if held == false then
-    local key = prefix .. slice .. shard
-    redis.call('HSET', key, id, pos)
-    written[key] = true
+  if #add > 2 then
+    redis.call(unpack(add))
+    redis.call('EXPIREAT', cur .. shard, until_ts)
   end
-  out[#out + 1] = (held == false or held == pos) and 1 or 0
+  i = i + 2 * n
 end
-local until_ts = (slice + 1) * w + ttl
-for key, _ in pairs(written) do redis.call('EXPIREAT', key, until_ts) end
 return out
 """
 
@@ -255,16 +267,26 @@ class RedisStore:
     def claim(self, claims: Sequence[tuple[str, str]], ttl_s: float) -> list[bool]:
         if not claims:
             return []
-        ttl = max(1, int(ttl_s))
-        args: list[Any] = [self._keys.claims, max(1, -(-ttl // 2)), ttl]
-        for event_id, pos in claims:
+        groups: dict[int, list[int]] = {}
+        fields: list[tuple[bytes, bytes]] = []
+        for n, (event_id, pos) in enumerate(claims):
             d = _digest(event_id, 16)
             # The first 2 bytes pick the shard, the other 14 (112 bits) stand for the id.
-            shard = int.from_bytes(d[:2], "big") % CLAIM_SHARDS
-            args += [shard, d[2:], _digest(pos, 8)]
+            groups.setdefault(int.from_bytes(d[:2], "big") % CLAIM_SHARDS, []).append(n)
+            fields.append((d[2:], _digest(pos, 8)))
+        args: list[Any] = [self._keys.claims, max(1, int(ttl_s)), len(groups)]
+        order: list[int] = []
+        for shard, idx in groups.items():
+            args += [shard, len(idx)]
+            for n in idx:
+                args += fields[n]
+            order += idx
         with self._op("claim"):
             res = self._claim(args=args)
-        return [bool(x) for x in res]
+        out = [False] * len(claims)
+        for n, flag in zip(order, res, strict=True):
+            out[n] = bool(flag)
+        return out
 
     def apply(self, delta: Delta, progress: Progress | None) -> None:
         args: list[Any] = []

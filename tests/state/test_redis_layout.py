@@ -11,7 +11,7 @@ import redis
 from detector.errors import StaleProgress
 from detector.state.base import Delta, Progress, Read
 from detector.state.keys import Keys
-from detector.state.redis import RedisStore
+from detector.state.redis import CLAIM_SHARDS, RedisStore
 
 pytestmark = pytest.mark.stack
 
@@ -29,7 +29,7 @@ def test_many_claims_share_few_compact_keys_each_with_a_ttl_within_two_horizons(
     ids = [f"ev-{i:06d}" for i in range(n)]
     assert all(store.claim([(e, f"src:0:{i}") for i, e in enumerate(ids)], horizon))
     keys = list(redis_client.scan_iter(match=f"{redis_prefix}e:*", count=1000))
-    assert len(keys) <= 16_384  # shards per time slice, however many claims
+    assert len(keys) <= CLAIM_SHARDS  # per time slice, however many claims
     assert sum(redis_client.hlen(k) for k in keys) == n
     for k in keys[:50]:
         assert redis_client.object("encoding", k) == b"listpack"
