@@ -9,8 +9,9 @@ AOF, always leaves a consistent point to resume from.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -322,8 +323,15 @@ class RedisStore:
             args += [key, fld, repr(by)]
         args.append(len(delta.distinct))
         for key, members in delta.distinct.items():
-            args += [key, int(delta.ttls.get(key, self._ttl)), delta.caps[key], len(members)]
-            for m, ts in members.items():
+            cap = delta.caps[key]
+            items: Iterable[tuple[str, float]] = members.items()
+            if len(members) > cap:
+                # Only the newest `cap` can be left after the trim, in Redis's own order (score,
+                # then member): the same set as adding all, without Redis adding and dropping the
+                # rest (a campaign's last few ratios out of every redemption in the batch).
+                items = heapq.nlargest(cap, items, key=lambda mt: (mt[1], mt[0]))
+            args += [key, int(delta.ttls.get(key, self._ttl)), cap, min(cap, len(members))]
+            for m, ts in items:
                 args += [repr(ts), m]
         args += [self._keys.dirty, len(delta.dirty), *delta.dirty]
 
