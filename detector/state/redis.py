@@ -24,10 +24,10 @@ from detector.state.keys import Keys
 
 Observer = Callable[[str, float, bool], None]
 
-# Claim hashes per time slice: few enough that a batch's claims share hashes (calls per shard, not
-# per event), enough that a slice of 130k claims keeps each hash in Redis's compact listpack
-# encoding (128 fields by default); past that a hash is a hashtable, still ~1/3 of a key per claim.
-CLAIM_SHARDS = 1024
+# Claim hashes per time slice: few, so that a batch's claims share them (Redis calls per shard,
+# not per event). Up to 128 claims a hash (8k a slice) they are compact listpacks (~30 B a claim);
+# past that hashtables (~75 B a claim), against ~200 B for a key with a TTL per event.
+CLAIM_SHARDS = 64
 
 # KEYS: alerts, outbox, models, lease, dirty, outbox-seq.
 # ARGV: owner, n_changes, (name, has_expected, expected, has_new, new, has_outbox, outbox)*,
@@ -184,6 +184,35 @@ end
 return out
 """
 
+# One round trip and one reply for every read of a slice (a pipeline costs the client a command
+# object and a reply callback per key). ARGV: n_fields, (key, n, field*)*, n_counts,
+# (key, '(' .. since)*, n_members, (key, '(' .. since)*, n_hashes, key*.
+_READ_LUA = """#!lua flags=no-writes
+local out, i = {}, 1
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local key, m = ARGV[i], tonumber(ARGV[i + 1])
+  out[#out + 1] = m > 0 and redis.call('HMGET', key, unpack(ARGV, i + 2, i + 1 + m)) or {}
+  i = i + 2 + m
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  out[#out + 1] = redis.call('ZCOUNT', ARGV[i], ARGV[i + 1], '+inf')
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  out[#out + 1] = redis.call('ZRANGEBYSCORE', ARGV[i], ARGV[i + 1], '+inf', 'WITHSCORES')
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  out[#out + 1] = redis.call('HGETALL', ARGV[i])
+  i = i + 1
+end
+return out
+"""
+
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -219,6 +248,11 @@ def _num(v: bytes | None) -> float:
     return float(v) if v is not None else 0.0
 
 
+def _pairs(flat: list[bytes], key: Callable[[bytes], str]) -> list[tuple[str, float]]:
+    """``[k1, v1, k2, v2, ...]`` (a WITHSCORES or HGETALL reply) as ``[(k1, v1), ...]``."""
+    return [(key(flat[j]), float(flat[j + 1])) for j in range(0, len(flat), 2)]
+
+
 def _str(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
@@ -240,6 +274,7 @@ class RedisStore:
         self._release = client.register_script(_RELEASE_LUA)
         self._apply = client.register_script(_APPLY_LUA)
         self._claim = client.register_script(_CLAIM_LUA)
+        self._read = client.register_script(_READ_LUA)
 
     @contextmanager
     def _op(self, name: str) -> Iterator[None]:
@@ -336,25 +371,27 @@ class RedisStore:
         args += [self._keys.dirty, len(delta.dirty), *delta.dirty]
 
     def read(self, req: Read) -> ReadResult:
+        if not (req.fields or req.counts or req.members or req.hashes):
+            return ReadResult([], [], [], [])
+        args: list[Any] = [len(req.fields)]
+        for key, names in req.fields:
+            args += [key, len(names), *names]
+        args.append(len(req.counts))
+        for key, since in req.counts:
+            args += [key, f"({since}"]
+        args.append(len(req.members))
+        for key, since in req.members:
+            args += [key, f"({since}"]
+        args.append(len(req.hashes))
+        args += req.hashes
         with self._op("read"):
-            pipe = self._r.pipeline(transaction=False)
-            for key, names in req.fields:
-                pipe.hmget(key, list(names))
-            for key, since in req.counts:
-                pipe.zcount(key, f"({since}", "+inf")
-            for key, since in req.members:
-                pipe.zrangebyscore(key, f"({since}", "+inf", withscores=True)
-            for key in req.hashes:
-                pipe.hgetall(key)
-            out = pipe.execute() if (req.fields or req.counts or req.members or req.hashes) else []
+            out = self._read(args=args)
         nf, nc, nm = len(req.fields), len(req.counts), len(req.members)
         return ReadResult(
             fields=[[_num(v) for v in row] for row in out[:nf]],
             counts=[int(c) for c in out[nf : nf + nc]],
-            members=[
-                [(m.decode(), float(sc)) for m, sc in row] for row in out[nf + nc : nf + nc + nm]
-            ],
-            hashes=[{k.decode(): float(v) for k, v in h.items()} for h in out[nf + nc + nm :]],
+            members=[_pairs(row, _str) for row in out[nf + nc : nf + nc + nm]],
+            hashes=[dict(_pairs(row, _str)) for row in out[nf + nc + nm :]],
         )
 
     def progress(self, source: str, partitions: Sequence[int]) -> Progress:
