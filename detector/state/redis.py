@@ -1,9 +1,10 @@
-"""The Redis store: one MULTI/EXEC per batch, one Lua script per decision commit.
+"""The Redis store: one Lua script per call (claim, apply, read, commit), one round trip each.
 
 Redis is the shared, durable state of every ``detector run`` instance. Writes that must stay
 consistent with each other (a batch's counters and the offsets they cover; an alert transition and
 its outbox record) are each one atomic unit, so a crash, or a Redis that loses its last second of
-AOF, always leaves a consistent point to resume from.
+AOF, always leaves a consistent point to resume from. The scripts use only stock Redis 7 commands
+and no configuration: ``deploy/redis/redis.conf`` tunes nothing they rely on.
 """
 
 from __future__ import annotations
