@@ -25,12 +25,12 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 | ``m`` | hash | model name -> snapshot bytes | none |
 | ``lease:{name}`` | string | owner id of a single-writer lease | lease TTL |
 
-Claims (``e:``): ``{slice}`` is ``floor(redis_time / horizon)`` (the dedupe horizon), ``{shard}``
+Claims (``e:``): ``{slice}`` is ``floor(redis_time / (horizon / 4))`` (the dedupe horizon), ``{shard}``
 the event id's BLAKE2b digest modulo 64; the field is 14 more bytes of that digest (112 bits: two
 ids collide with a probability below 1e-19 among 20M claims; a collision would drop one event as a
 duplicate) and the value an 8-byte digest of ``source:partition:offset`` (a collision could only
-let a duplicate of a redelivered record count as new). A claim is kept one to two horizons and is
-looked up in the current and the previous slice. A shard hash is a compact listpack up to 128
+let a duplicate of a redelivered record count as new). A claim is kept 1 to 1.25 horizons and is
+looked up in the current slice and the four before. A shard hash is a compact listpack up to 128
 claims (~30 B each), a hashtable beyond (~75 B each), against ~200 B for a key per event with its
 own TTL. The in-memory store keeps plain ``event_id -> position`` entries, expired by event time.
 

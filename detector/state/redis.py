@@ -147,28 +147,32 @@ return {}
 # Claims live in hashes per (time slice of the Redis clock, shard of the event id), instead of one
 # key with its own TTL per event: a slice's hashes expire together, and the claims of one batch are
 # grouped by shard (one HMGET per slice and one HSET per shard touched, not a call per event).
-# A slice lasts one dedupe horizon; a claim written in slice s stays until s ends plus the horizon
-# (one to two horizons), so it is looked up in slices s and s-1.
-# ARGV: key prefix, horizon_s, n_groups, (shard, n, (event digest, position digest)*)*.
+# A slice lasts a quarter of the dedupe horizon; a claim written in slice s stays until s ends plus
+# the horizon (1 to 1.25 horizons), so it is looked up in slices s-4 to s.
+# ARGV: key prefix, slice_s, horizon_s, n_groups, (shard, n, (event digest, position digest)*)*.
 # Returns, group after group, 1 where the event is new (or claimed by this very position), else 0.
 _CLAIM_LUA = """
-local prefix, ttl = ARGV[1], tonumber(ARGV[2])
-local slice = math.floor(tonumber(redis.call('TIME')[1]) / ttl)
-local cur, prev = prefix .. slice .. ':', prefix .. (slice - 1) .. ':'
-local until_ts = (slice + 1) * ttl + ttl
+local prefix, w, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local slice = math.floor(tonumber(redis.call('TIME')[1]) / w)
+local slices = {}
+for s = slice, slice - math.ceil(ttl / w), -1 do slices[#slices + 1] = prefix .. s .. ':' end
+local until_ts = (slice + 1) * w + ttl
 local out = {}
-local i = 4
-for _ = 1, tonumber(ARGV[3]) do
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
   local shard, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
   local ids = {}
   for c = 1, n do ids[c] = ARGV[i + 2 * c - 2] end
-  local held = redis.call('HMGET', cur .. shard, unpack(ids))
-  local older = redis.call('HMGET', prev .. shard, unpack(ids))
-  local new, add = {}, {'HSET', cur .. shard}
+  local held = {}
+  for s = #slices, 1, -1 do  -- oldest first: a newer slice's claim wins
+    local got = redis.call('HMGET', slices[s] .. shard, unpack(ids))
+    for c = 1, n do held[c] = got[c] or held[c] end
+  end
+  local new, add = {}, {'HSET', slices[1] .. shard}
   for c = 1, n do
     local id, pos = ids[c], ARGV[i + 2 * c - 1]
-    local h = held[c] or older[c] or new[id] or false
+    local h = held[c] or new[id] or false
     if h == false then
       new[id] = pos
       add[#add + 1] = id
@@ -178,7 +182,7 @@ for _ = 1, tonumber(ARGV[3]) do
   end
   if #add > 2 then
     redis.call(unpack(add))
-    redis.call('EXPIREAT', cur .. shard, until_ts)
+    redis.call('EXPIREAT', slices[1] .. shard, until_ts)
   end
   i = i + 2 * n
 end
@@ -311,7 +315,8 @@ class RedisStore:
             # The first 2 bytes pick the shard, the other 14 (112 bits) stand for the id.
             groups.setdefault(int.from_bytes(d[:2], "big") % CLAIM_SHARDS, []).append(n)
             fields.append((d[2:], _digest(pos, 8)))
-        args: list[Any] = [self._keys.claims, max(1, int(ttl_s)), len(groups)]
+        ttl = max(1, int(ttl_s))
+        args: list[Any] = [self._keys.claims, max(1, -(-ttl // 4)), ttl, len(groups)]
         order: list[int] = []
         for shard, idx in groups.items():
             args += [shard, len(idx)]

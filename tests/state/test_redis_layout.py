@@ -22,7 +22,7 @@ def store(redis_client: redis.Redis, redis_prefix: str) -> Iterator[RedisStore]:
     yield s
 
 
-def test_many_claims_share_a_few_keys_each_with_a_ttl_within_two_horizons(
+def test_many_claims_share_a_few_keys_each_kept_one_to_one_and_a_quarter_horizons(
     store: RedisStore, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     n, horizon = 60_000, 600
@@ -32,7 +32,7 @@ def test_many_claims_share_a_few_keys_each_with_a_ttl_within_two_horizons(
     assert len(keys) <= CLAIM_SHARDS  # per time slice, however many claims
     assert sum(redis_client.hlen(k) for k in keys) == n
     for k in keys:
-        assert horizon < redis_client.ttl(k) <= 2 * horizon
+        assert horizon <= redis_client.ttl(k) <= horizon * 1.25
     # Every id is still held: another position is a duplicate, the same one a redelivery.
     again = store.claim([(e, f"src:1:{i}") for i, e in enumerate(ids[:100])], horizon)
     assert not any(again)
