@@ -189,14 +189,13 @@ def slot_event(i: int, n: int, ts: float, tag: int) -> bytes:
 
 def write_growth_streams(
     workdir: Path, pool: int, measure: int, seed: int, tag: int, hot: int = 0
-) -> tuple[list[Path], list[str]]:
+) -> list[Path]:
     """The fill file (each code once), the measure file (``pool`` blank lines first, so its line
     offsets continue the fill's under the replay source's stored progress, then ``measure``
     uniform draws from the pool) and, when ``hot``, a second measure file drawing only from the
-    first ``hot`` codes. Returns the paths and some fill event ids (to sample claim keys)."""
+    first ``hot`` codes. Returns the paths."""
     fill = workdir / f"growth-{pool}-fill.jsonl"
     meas = workdir / f"growth-{pool}-measure.jsonl"
-    ids: list[str] = []
     dt = 1.0 / EVENT_RATE
     with fill.open("wb") as f:
         buf: list[bytes] = []
@@ -205,8 +204,6 @@ def write_growth_streams(
             if len(buf) >= 8192:
                 f.write(b"".join(buf))
                 buf.clear()
-            if n % max(1, pool // 200) == 0:
-                ids.append(uuid_like(tag, n))
         f.write(b"".join(buf))
     rng = random.Random(seed)
     with meas.open("wb") as f:
@@ -233,7 +230,7 @@ def write_growth_streams(
                     buf.clear()
             f.write(b"".join(buf))
         files.append(hot_path)
-    return files, ids
+    return files
 
 
 def write_drain_stream(workdir: Path, pool: int, later_s: float, tag: int) -> tuple[Path, float]:
@@ -378,9 +375,10 @@ def replay_config(
 
 
 def key_breakdown(
-    r: redis.Redis, prefix: str, pool: int, ids: list[str], windows: tuple[int, int]
+    r: redis.Redis, prefix: str, pool: int, windows: tuple[int, int]
 ) -> dict[str, Any]:
-    """Mean ``MEMORY USAGE`` of each per-code key family on a sample of the fill's slots."""
+    """Mean ``MEMORY USAGE`` of each per-code key family on a sample of the fill's slots, and of
+    one dedupe claim (the claim hashes' total over their fields: claims share keys)."""
     bucket_s, long_s = windows
     seg_buckets = long_s // bucket_s
     step = max(1, pool // 200)
@@ -389,7 +387,6 @@ def key_breakdown(
         "k (code counts)": [],
         "u (code distinct)": [],
         "a (account codes)": [],
-        "e (dedupe claim)": [],
     }
     dt = 1.0 / EVENT_RATE
     for i in slots:
@@ -397,7 +394,6 @@ def key_breakdown(
         fams["k (code counts)"].append(f"{prefix}k:{slot_code(i)}:{seg}")
         fams["u (code distinct)"].append(f"{prefix}u:{slot_code(i)}")
         fams["a (account codes)"].append(f"{prefix}a:{slot_account(i)}")
-    fams["e (dedupe claim)"] = [f"{prefix}e:{x}" for x in ids]
     out: dict[str, Any] = {}
     for name, keys in fams.items():
         pipe = r.pipeline(transaction=False)
@@ -409,6 +405,18 @@ def key_breakdown(
             "present": len(sizes),
             "mean_bytes": round(sum(sizes) / len(sizes), 1) if sizes else 0.0,
         }
+    claim_keys = list(r.scan_iter(match=f"{prefix}e:*", count=1000))
+    pipe = r.pipeline(transaction=False)
+    for k in claim_keys:
+        pipe.execute_command("MEMORY", "USAGE", k, "SAMPLES", "0")
+        pipe.hlen(k)
+    res = pipe.execute()
+    total, claims = sum(int(x or 0) for x in res[0::2]), sum(int(x) for x in res[1::2])
+    out["e (dedupe claims, per claim)"] = {
+        "keys": len(claim_keys),
+        "claims": claims,
+        "mean_bytes": round(total / claims, 1) if claims else 0.0,
+    }
     return out
 
 
@@ -491,7 +499,7 @@ def growth(
             base = pr.used_memory()
             prefix = f"bench:g{pool}:"
             hot = pools[0] if pool > pools[0] else 0
-            files, ids = write_growth_streams(workdir, pool, measure, seed + pool, tag, hot)
+            files = write_growth_streams(workdir, pool, measure, seed + pool, tag, hot)
             cfg = write_config(workdir / f"growth-{pool}.yaml", replay_config(pr.url, prefix))
             log(
                 f"  growth: {pool} codes: replaying {pool} fill + {measure} measure events"
@@ -516,7 +524,7 @@ def growth(
                 "rss_after_measure": m_res["rss_after"],
                 "peak_rss": res["peak_rss"],
                 "alerts": f_res["alerts"] + m_res["alerts"],
-                "key_sample_bytes": key_breakdown(pr.client, prefix, pool, ids, (60, 3600)),
+                "key_sample_bytes": key_breakdown(pr.client, prefix, pool, (60, 3600)),
             }
             if hot:
                 h_res = res["files"][2]

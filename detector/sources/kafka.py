@@ -151,6 +151,9 @@ def _sasl_probe(cfg: KafkaConfig, sock: socket.socket, host: str, server: str) -
 # Poll timeout while the pipeline holds records for the other instances: they move on in
 # milliseconds, and a full poll timeout per bucket would make a shared backlog crawl.
 _WAITING_POLL_MS = 20
+# Kafka's committed offsets only feed lag tools (the store holds the ones the detector resumes
+# from): committed at most this often, not after every batch (a broker round trip each).
+_COMMIT_EVERY_S = 1.0
 # How often lag() asks the brokers for the partitions' end offsets (one ListOffsets request).
 _END_OFFSETS_EVERY_S = 2.0
 
@@ -185,6 +188,8 @@ class KafkaSource:
         self._stop = False
         self._ends: dict[int, int] = {}
         self._ends_at = 0.0
+        self._to_commit: dict[int, int] = {}
+        self._commit_at = 0.0
         self._c = consumer if consumer is not None else self._consumer()
 
     def _consumer(self) -> Any:
@@ -233,6 +238,8 @@ class KafkaSource:
         # Runs on kafka-python's IO thread, where blocking commits are not allowed; the store
         # holds the authoritative offsets anyway, written with the state of every batch.
         log.info("partitions revoked", topic=self._topic, partitions=sorted(partitions))
+        for p in partitions:
+            self._to_commit.pop(p, None)  # the new owner commits them now
         self._on_revoke(partitions)
 
     def stop(self) -> None:
@@ -301,14 +308,19 @@ class KafkaSource:
         """
         self._seek({tp.partition for tp in self._c.assignment()}, offsets)
 
-    def commit(self, offsets: dict[int, int]) -> None:
-        if not offsets:
+    def commit(self, offsets: dict[int, int], *, now: bool = False) -> None:
+        """Commit offsets to Kafka (for lag tools); at most once a second unless ``now``."""
+        self._to_commit.update(offsets)
+        t = time.monotonic()
+        if not self._to_commit or (not now and t < self._commit_at):
             return
+        self._commit_at = t + _COMMIT_EVERY_S
+        pending, self._to_commit = self._to_commit, {}
         try:
             self._c.commit(
                 {
                     TopicPartition(self._topic, p): OffsetAndMetadata(o, "", -1)
-                    for p, o in offsets.items()
+                    for p, o in pending.items()
                 }
             )
         except KafkaError as e:
@@ -316,6 +328,7 @@ class KafkaSource:
             log.warning("kafka offset commit failed", error=str(e))
 
     def close(self) -> None:
+        self.commit({}, now=True)
         with contextlib.suppress(KafkaError):
             self._c.close(autocommit=False)
 

@@ -17,7 +17,7 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 | ``gm:{campaign}`` | zset | codes with 2+ distinct accounts -> last event time (capped) | memory |
 | ``o:{seg}`` | hash | ``n{b}`` all orders, with or without a code | retention |
 | ``cv:{seg}`` | zset | campaign -> redemptions in the segment (top campaigns for models) | retention |
-| ``e:{event_id}`` | string | position that claimed the event (dedupe) | dedupe horizon |
+| ``e:{slice}:{shard}`` | hash | event-id digest -> digest of the position that claimed it (dedupe) | slice end + dedupe horizon |
 | ``off:{source}:{p}`` / ``mt:{source}:{p}`` | string | partition's next offset / max event time | none |
 | ``clk:{source}`` | hash | partition -> ``{release hold} {watermark hold} {wall time}`` published by its owner (the group clock) | none |
 | ``al`` | hash | ``{rule}|{key}`` -> alert-episode state (JSON) | none (lifecycle deletes) |
@@ -25,6 +25,15 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 | ``dirty`` | set | ``{scope}|{key}|{campaign}`` touched by applied batches, not yet evaluated | none |
 | ``m`` | hash | model name -> snapshot bytes | none |
 | ``lease:{name}`` | string | owner id of a single-writer lease | lease TTL |
+
+Claims (``e:``): ``{slice}`` is ``floor(redis_time / (horizon / 4))`` (the dedupe horizon), ``{shard}``
+the event id's BLAKE2b digest modulo 64; the field is 14 more bytes of that digest (112 bits: two
+ids collide with a probability below 1e-19 among 20M claims; a collision would drop one event as a
+duplicate) and the value an 8-byte digest of ``source:partition:offset`` (a collision could only
+let a duplicate of a redelivered record count as new). A claim is kept 1 to 1.25 horizons and is
+looked up in the current slice and the four before. A shard hash is a compact listpack up to 128
+claims (~30 B each), a hashtable beyond (~75 B each), against ~200 B for a key per event with its
+own TTL. The in-memory store keeps plain ``event_id -> position`` entries, expired by event time.
 
 Campaign ``~{code}`` stands for a code without ``campaign_id``: each such code is its own campaign
 for campaign-level counters and the discount rule.
@@ -81,8 +90,10 @@ class Keys:
     def campaign_volume(self, bucket: int) -> str:
         return f"{self.prefix}cv:{self.seg(bucket)}"
 
-    def claim(self, event_id: str) -> str:
-        return f"{self.prefix}e:{event_id}"
+    @property
+    def claims(self) -> str:
+        """The prefix of the claim hashes ``e:{slice}:{shard}`` (built in the Redis script)."""
+        return f"{self.prefix}e:"
 
     def offsets(self, source: str, partition: int) -> str:
         return f"{self.prefix}off:{source}:{partition}"

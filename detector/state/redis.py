@@ -1,15 +1,18 @@
-"""The Redis store: one MULTI/EXEC per batch, one Lua script per decision commit.
+"""The Redis store: one Lua script per call (claim, apply, read, commit), one round trip each.
 
 Redis is the shared, durable state of every ``detector run`` instance. Writes that must stay
 consistent with each other (a batch's counters and the offsets they cover; an alert transition and
 its outbox record) are each one atomic unit, so a crash, or a Redis that loses its last second of
-AOF, always leaves a consistent point to resume from.
+AOF, always leaves a consistent point to resume from. The scripts use only stock Redis 7 commands
+and no configuration: ``deploy/redis/redis.conf`` tunes nothing they rely on.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +24,11 @@ from detector.state.base import Commit, Delta, Progress, Read, ReadResult
 from detector.state.keys import Keys
 
 Observer = Callable[[str, float, bool], None]
+
+# Claim hashes per time slice: few, so that a batch's claims share them (Redis calls per shard,
+# not per event). Up to 128 claims a hash (8k a slice) they are compact listpacks (~30 B a claim);
+# past that hashtables (~75 B a claim), against ~200 B for a key with a TTL per event.
+CLAIM_SHARDS = 64
 
 # KEYS: alerts, outbox, models, lease, dirty, outbox-seq.
 # ARGV: owner, n_changes, (name, has_expected, expected, has_new, new, has_outbox, outbox)*,
@@ -80,13 +88,27 @@ end
 return 0
 """
 
-# One call per batch: the client encodes one command instead of one per key (the hot path).
-# ARGV: default_ttl, n_counters, (key, field, by)*, n_zsets, (key, ttl, cap, n, (score, member)*)*,
+# One call per batch, one round trip: the offsets check (a writer that is not where the store is
+# writes nothing), the delta and the progress, atomically (a script runs alone, as MULTI/EXEC).
+# ARGV: n_checks, (offset_key, expected or '' for none stored)*, n_sets, (key, value)*,
+#       default_ttl, n_counters, (key, field, by)*, n_zsets, (key, ttl, cap, n, (score, member)*)*,
 #       dirty_key, n_dirty, member*.
+# Returns {} when applied, else {index of the stale check, offset stored there or ''}.
 _APPLY_LUA = """
-local ttl = tonumber(ARGV[1])
-local i = 2
+local i = 1
 local n = tonumber(ARGV[i]); i = i + 1
+for c = 1, n do
+  local have = redis.call('GET', ARGV[i]) or ''
+  if have ~= ARGV[i + 1] then return {c, have} end
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('SET', ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local ttl = tonumber(ARGV[i]); i = i + 1
+n = tonumber(ARGV[i]); i = i + 1
 local hashes = {}
 for _ = 1, n do
   redis.call('HINCRBYFLOAT', ARGV[i], ARGV[i + 1], ARGV[i + 2])
@@ -123,16 +145,79 @@ end
 local dirty = ARGV[i]
 n = tonumber(ARGV[i + 1]); i = i + 2
 for _ = 1, n do redis.call('SADD', dirty, ARGV[i]); i = i + 1 end
-return 1
+return {}
 """
 
-# ARGV: ttl, (key, position)*; returns 1 where the event is new (or claimed by this position).
+# Claims live in hashes per (time slice of the Redis clock, shard of the event id), instead of one
+# key with its own TTL per event: a slice's hashes expire together, and the claims of one batch are
+# grouped by shard (one HMGET per slice and one HSET per shard touched, not a call per event).
+# A slice lasts a quarter of the dedupe horizon; a claim written in slice s stays until s ends plus
+# the horizon (1 to 1.25 horizons), so it is looked up in slices s-4 to s.
+# ARGV: key prefix, slice_s, horizon_s, n_groups, (shard, n, (event digest, position digest)*)*.
+# Returns, group after group, 1 where the event is new (or claimed by this very position), else 0.
 _CLAIM_LUA = """
+local prefix, w, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local slice = math.floor(tonumber(redis.call('TIME')[1]) / w)
+local slices = {}
+for s = slice, slice - math.ceil(ttl / w), -1 do slices[#slices + 1] = prefix .. s .. ':' end
+local until_ts = (slice + 1) * w + ttl
 local out = {}
-local ttl = ARGV[1]
-for j = 2, #ARGV, 2 do
-  local held = redis.call('SET', ARGV[j], ARGV[j + 1], 'NX', 'GET', 'EX', ttl)
-  out[#out + 1] = (held == false or held == ARGV[j + 1]) and 1 or 0
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  local shard, n = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  local ids = {}
+  for c = 1, n do ids[c] = ARGV[i + 2 * c - 2] end
+  local held = {}
+  for s = #slices, 1, -1 do  -- oldest first: a newer slice's claim wins
+    local got = redis.call('HMGET', slices[s] .. shard, unpack(ids))
+    for c = 1, n do held[c] = got[c] or held[c] end
+  end
+  local new, add = {}, {'HSET', slices[1] .. shard}
+  for c = 1, n do
+    local id, pos = ids[c], ARGV[i + 2 * c - 1]
+    local h = held[c] or new[id] or false
+    if h == false then
+      new[id] = pos
+      add[#add + 1] = id
+      add[#add + 1] = pos
+    end
+    out[#out + 1] = (h == false or h == pos) and 1 or 0
+  end
+  if #add > 2 then
+    redis.call(unpack(add))
+    redis.call('EXPIREAT', slices[1] .. shard, until_ts)
+  end
+  i = i + 2 * n
+end
+return out
+"""
+
+# One round trip and one reply for every read of a slice (a pipeline costs the client a command
+# object and a reply callback per key). ARGV: n_fields, (key, n, field*)*, n_counts,
+# (key, '(' .. since)*, n_members, (key, '(' .. since)*, n_hashes, key*.
+_READ_LUA = """#!lua flags=no-writes
+local out, i = {}, 1
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local key, m = ARGV[i], tonumber(ARGV[i + 1])
+  out[#out + 1] = m > 0 and redis.call('HMGET', key, unpack(ARGV, i + 2, i + 1 + m)) or {}
+  i = i + 2 + m
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  out[#out + 1] = redis.call('ZCOUNT', ARGV[i], ARGV[i + 1], '+inf')
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  out[#out + 1] = redis.call('ZRANGEBYSCORE', ARGV[i], ARGV[i + 1], '+inf', 'WITHSCORES')
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  out[#out + 1] = redis.call('HGETALL', ARGV[i])
+  i = i + 1
 end
 return out
 """
@@ -164,8 +249,17 @@ def connect(cfg: RedisConfig) -> redis.Redis:
     return redis.Redis.from_url(cfg.url, **kwargs)
 
 
+def _digest(s: str, size: int) -> bytes:
+    return hashlib.blake2b(s.encode(), digest_size=size).digest()
+
+
 def _num(v: bytes | None) -> float:
     return float(v) if v is not None else 0.0
+
+
+def _pairs(flat: list[bytes], key: Callable[[bytes], str]) -> list[tuple[str, float]]:
+    """``[k1, v1, k2, v2, ...]`` (a WITHSCORES or HGETALL reply) as ``[(k1, v1), ...]``."""
+    return [(key(flat[j]), float(flat[j + 1])) for j in range(0, len(flat), 2)]
 
 
 def _str(v: bytes | str) -> str:
@@ -189,6 +283,7 @@ class RedisStore:
         self._release = client.register_script(_RELEASE_LUA)
         self._apply = client.register_script(_APPLY_LUA)
         self._claim = client.register_script(_CLAIM_LUA)
+        self._read = client.register_script(_READ_LUA)
 
     @contextmanager
     def _op(self, name: str) -> Iterator[None]:
@@ -217,80 +312,96 @@ class RedisStore:
     def claim(self, claims: Sequence[tuple[str, str]], ttl_s: float) -> list[bool]:
         if not claims:
             return []
-        args: list[Any] = [max(1, int(ttl_s))]
-        for event_id, pos in claims:
-            args += [self._keys.claim(event_id), pos]
+        groups: dict[int, list[int]] = {}
+        fields: list[tuple[bytes, bytes]] = []
+        for n, (event_id, pos) in enumerate(claims):
+            d = _digest(event_id, 16)
+            # The first 2 bytes pick the shard, the other 14 (112 bits) stand for the id.
+            groups.setdefault(int.from_bytes(d[:2], "big") % CLAIM_SHARDS, []).append(n)
+            fields.append((d[2:], _digest(pos, 8)))
+        ttl = max(1, int(ttl_s))
+        args: list[Any] = [self._keys.claims, max(1, -(-ttl // 4)), ttl, len(groups)]
+        order: list[int] = []
+        for shard, idx in groups.items():
+            args += [shard, len(idx)]
+            for n in idx:
+                args += fields[n]
+            order += idx
         with self._op("claim"):
             res = self._claim(args=args)
-        return [bool(x) for x in res]
+        out = [False] * len(claims)
+        for n, flag in zip(order, res, strict=True):
+            out[n] = bool(flag)
+        return out
 
     def apply(self, delta: Delta, progress: Progress | None) -> None:
-        with self._op("apply"), self._r.pipeline(transaction=True) as pipe:
-            if progress is not None and progress.expected:
-                self._check_offsets(pipe, progress)
-            pipe.multi()
-            self._queue_delta(pipe, delta)
-            if progress is not None:
-                k = self._keys
-                for part, off in progress.offsets.items():
-                    pipe.set(k.offsets(progress.source, part), off)
-                for part, ts in progress.max_ts.items():
-                    pipe.set(k.max_ts(progress.source, part), repr(ts))
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                raise StaleProgress(
-                    f"partitions {sorted(progress.expected) if progress else []} were applied by "
-                    f"another writer during this batch"
-                ) from None
+        args: list[Any] = []
+        parts: list[int] = []
+        if progress is not None:
+            k = self._keys
+            parts = sorted(progress.expected)
+            args.append(len(parts))
+            for p in parts:
+                want = progress.expected[p]
+                args += [k.offsets(progress.source, p), "" if want is None else str(want)]
+            args.append(len(progress.offsets) + len(progress.max_ts))
+            for part, off in progress.offsets.items():
+                args += [k.offsets(progress.source, part), off]
+            for part, ts in progress.max_ts.items():
+                args += [k.max_ts(progress.source, part), repr(ts)]
+        else:
+            args += [0, 0]
+        self._delta_args(args, delta)
+        with self._op("apply"):
+            stale = self._apply(args=args)
+        if stale:
+            assert progress is not None
+            p, have = parts[int(stale[0]) - 1], _str(stale[1])
+            raise StaleProgress(
+                f"partition {p} of {progress.source} is at offset {have or None}, not "
+                f"{progress.expected[p]}: another writer applied it"
+            )
 
-    def _check_offsets(self, pipe: Any, progress: Progress) -> None:
-        parts = sorted(progress.expected)
-        keys = [self._keys.offsets(progress.source, p) for p in parts]
-        pipe.watch(*keys)
-        stored = pipe.mget(keys)
-        for p, raw in zip(parts, stored, strict=True):
-            have = int(raw) if raw is not None else None
-            if have != progress.expected[p]:
-                raise StaleProgress(
-                    f"partition {p} of {progress.source} is at offset {have}, not "
-                    f"{progress.expected[p]}: another writer applied it"
-                )
-
-    def _queue_delta(self, pipe: Any, delta: Delta) -> None:
-        if not delta.counters and not delta.distinct and not delta.dirty:
-            return
-        args: list[Any] = [self._ttl, len(delta.counters)]
+    def _delta_args(self, args: list[Any], delta: Delta) -> None:
+        args += [self._ttl, len(delta.counters)]
         for (key, fld), by in delta.counters.items():
             args += [key, fld, repr(by)]
         args.append(len(delta.distinct))
         for key, members in delta.distinct.items():
-            args += [key, int(delta.ttls.get(key, self._ttl)), delta.caps[key], len(members)]
-            for m, ts in members.items():
+            cap = delta.caps[key]
+            items: Iterable[tuple[str, float]] = members.items()
+            if len(members) > cap:
+                # Only the newest `cap` can be left after the trim, in Redis's own order (score,
+                # then member): the same set as adding all, without Redis adding and dropping the
+                # rest (a campaign's last few ratios out of every redemption in the batch).
+                items = heapq.nlargest(cap, items, key=lambda mt: (mt[1], mt[0]))
+            args += [key, int(delta.ttls.get(key, self._ttl)), cap, min(cap, len(members))]
+            for m, ts in items:
                 args += [repr(ts), m]
         args += [self._keys.dirty, len(delta.dirty), *delta.dirty]
-        self._apply(args=args, client=pipe)
 
     def read(self, req: Read) -> ReadResult:
+        if not (req.fields or req.counts or req.members or req.hashes):
+            return ReadResult([], [], [], [])
+        args: list[Any] = [len(req.fields)]
+        for key, names in req.fields:
+            args += [key, len(names), *names]
+        args.append(len(req.counts))
+        for key, since in req.counts:
+            args += [key, f"({since}"]
+        args.append(len(req.members))
+        for key, since in req.members:
+            args += [key, f"({since}"]
+        args.append(len(req.hashes))
+        args += req.hashes
         with self._op("read"):
-            pipe = self._r.pipeline(transaction=False)
-            for key, names in req.fields:
-                pipe.hmget(key, list(names))
-            for key, since in req.counts:
-                pipe.zcount(key, f"({since}", "+inf")
-            for key, since in req.members:
-                pipe.zrangebyscore(key, f"({since}", "+inf", withscores=True)
-            for key in req.hashes:
-                pipe.hgetall(key)
-            out = pipe.execute() if (req.fields or req.counts or req.members or req.hashes) else []
+            out = self._read(args=args)
         nf, nc, nm = len(req.fields), len(req.counts), len(req.members)
         return ReadResult(
             fields=[[_num(v) for v in row] for row in out[:nf]],
             counts=[int(c) for c in out[nf : nf + nc]],
-            members=[
-                [(m.decode(), float(sc)) for m, sc in row] for row in out[nf + nc : nf + nc + nm]
-            ],
-            hashes=[{k.decode(): float(v) for k, v in h.items()} for h in out[nf + nc + nm :]],
+            members=[_pairs(row, _str) for row in out[nf + nc : nf + nc + nm]],
+            hashes=[dict(_pairs(row, _str)) for row in out[nf + nc + nm :]],
         )
 
     def progress(self, source: str, partitions: Sequence[int]) -> Progress:
@@ -341,7 +452,10 @@ class RedisStore:
         with self._op("commit"):
             pipe = self._r.pipeline(transaction=True)
             self._commit(keys=keys, args=args, client=pipe)
-            self._queue_delta(pipe, c.marks)
+            if len(c.marks) or c.marks.dirty:
+                marks: list[Any] = [0, 0]
+                self._delta_args(marks, c.marks)
+                self._apply(args=marks, client=pipe)
             res = pipe.execute()[0]
         return [bool(x) for x in res]
 

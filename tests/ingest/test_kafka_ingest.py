@@ -37,9 +37,10 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import TopicPartition
 
 from detector.alerts.record import Alert
-from detector.app import replay
+from detector.app import keys_for, replay
 from detector.config import load_config
 from detector.simulate.scenario import ScenarioParams, generate, write_jsonl
+from detector.state.redis import RedisStore
 
 pytestmark = pytest.mark.stack
 
@@ -510,7 +511,8 @@ def test_repeated_event_id_counts_once(
     msgs.append((again["order_id"].encode(), enc(again), 1 if where == "same_partition" else 0))
     produce(kafka_bootstrap, t, msgs)
 
-    d = start_detector(detector_config(t, **NO_IDLE_ADVANCE))
+    path = detector_config(t, **NO_IDLE_ADVANCE)
+    d = start_detector(path)
     d.wait_events(len(msgs))
     time.sleep(0.5)
     assert outcome(d, "duplicate") == 1
@@ -519,7 +521,10 @@ def test_repeated_event_id_counts_once(
     assert state_total(state, "o:") == len(events)
     assert state_total(state, "k:DUP3:") == 1  # the code's redemption counted once
     assert set(state["u:DUP3"]) == {"a:acc-3", "d:dev-3", "i:10.0.3.3"}
-    assert redis_client.exists(f"{redis_prefix}e:{again['event_id']}")
+    # The claim outlives the run: the id sent once more, from anywhere else, is still a duplicate.
+    cfg = load_config(path)
+    store = RedisStore(redis_client, keys_for(cfg), cfg.retention_s)
+    assert store.claim([(again["event_id"], "elsewhere:0:0")], cfg.dedupe_horizon_s) == [False]
     assert d.stop() == 0
 
 
