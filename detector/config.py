@@ -130,6 +130,9 @@ class WindowsConfig(_Frozen):
     # lower bound that is already past every threshold (validated below).
     distinct_exact_cap: int = Field(default=100, ge=10, le=100_000)
     new_account_age_s: float = Field(default=86_400.0, ge=0)
+    # A fresh account was registered this shortly before its order (a subset of new accounts):
+    # legitimate newcomers register over the whole day, a farm registers its accounts in bulk.
+    fresh_account_age_s: float = Field(default=1800.0, ge=0)
     time_zone: str = "UTC"
 
     @field_validator("time_zone")
@@ -184,17 +187,22 @@ class CampaignRateRule(_Rule):
 
 
 class BotFarmRule(_Rule):
-    """Many fresh accounts redeeming one code from few devices.
+    """Many new accounts redeeming one code from few devices, or a burst of fresh ones.
 
     Looks only at new accounts (younger than ``windows.new_account_age_s``), so a farm is not
     diluted by the legitimate crowd on a busy public code. Devices, not IPs, unless devices are
-    unknown: carrier NAT puts unrelated customers behind one IP.
+    unknown: carrier NAT puts unrelated customers behind one IP. A slow farm has not yet reused
+    a device in its first minutes, but its accounts are already fresh (younger than
+    ``windows.fresh_account_age_s``) where legitimate new accounts are spread over the day.
     """
 
     window: WindowName = "short"
     min_new_accounts: int = Field(default=6, ge=2)
     # New accounts beyond one per device (accounts - devices): 4 means e.g. 9 accounts on 5.
     min_extra_accounts: int = Field(default=4, ge=1)
+    # Fresh accounts on the code within ``window``, and their least share of its new accounts.
+    min_fresh_accounts: int = Field(default=3, ge=2)
+    min_fresh_share: float = Field(default=0.3, ge=0, le=1)
 
 
 class DiscountAnomalyRule(_Rule):
@@ -368,6 +376,11 @@ def _check_semantics(cfg: Config) -> None:
                 f"config key 'windows.{name}'={getattr(w, name)} must be a multiple of "
                 f"'windows.bucket_s'={w.bucket_s}"
             )
+    if w.fresh_account_age_s > w.new_account_age_s:
+        raise ConfigError(
+            f"config key 'windows.fresh_account_age_s'={w.fresh_account_age_s} must be <= "
+            f"'windows.new_account_age_s'={w.new_account_age_s}: fresh accounts are new ones"
+        )
     if not w.recent_s <= w.short_s <= w.long_s:
         raise ConfigError(
             f"config keys must satisfy windows.recent_s ({w.recent_s}) <= windows.short_s "
@@ -377,6 +390,7 @@ def _check_semantics(cfg: Config) -> None:
         "rules.code_shared.min_accounts": cfg.rules.code_shared.min_accounts,
         "rules.account_stacking.min_codes": cfg.rules.account_stacking.min_codes,
         "rules.bot_farm.min_new_accounts": cfg.rules.bot_farm.min_new_accounts,
+        "rules.bot_farm.min_fresh_accounts": cfg.rules.bot_farm.min_fresh_accounts,
     }
     for name, value in thresholds.items():
         if value > w.distinct_exact_cap:

@@ -142,7 +142,11 @@ class Pipeline:
         w = cfg.windows
         self.keys = Keys(cfg.redis.key_prefix, w.bucket_s, w.long_s // w.bucket_s)
         self.extractor = Extractor(
-            self.keys, w.distinct_exact_cap, w.new_account_age_s, cfg.memory_retention_s
+            self.keys,
+            w.distinct_exact_cap,
+            w.new_account_age_s,
+            w.fresh_account_age_s,
+            cfg.memory_retention_s,
         )
         self.reader = FeatureReader(
             self.keys, w.recent_s, w.short_s, w.long_s, cfg.memory_retention_s

@@ -55,14 +55,22 @@ def campaign_of(ev: Event) -> str | None:
 
 class Extractor:
     def __init__(
-        self, keys: Keys, distinct_cap: int, new_account_age_s: float, campaign_ttl_s: float
+        self,
+        keys: Keys,
+        distinct_cap: int,
+        new_account_age_s: float,
+        fresh_account_age_s: float,
+        campaign_ttl_s: float,
     ) -> None:
         self._k = keys
         self._camp_ttl = campaign_ttl_s
-        # Accounts, devices and IPs share one set per code (and new accounts' ones another).
+        # Accounts, devices and IPs share one set per code; new accounts' ones, with the fresh
+        # accounts among them, another.
         self._code_cap = 3 * distinct_cap
+        self._new_cap = 4 * distinct_cap
         self._cap = distinct_cap
         self._new_age = new_account_age_s
+        self._fresh_age = fresh_account_age_s
 
     def add(self, delta: Delta, events: Iterable[Event]) -> dict[Entity, float]:
         """Add a slice's new events; return the entities they touched, each with its newest ts.
@@ -103,12 +111,14 @@ class Extractor:
             # New accounts get their own dimensions: a bot farm shows as many new accounts on
             # few devices even when it hides in a crowd of regular customers.
             delta.incr(k.code_counts(code, b), f"w{b}")
-            fresh = k.code_new_distinct(code)
-            delta.seen(fresh, "A:" + ev.account_id, ts, self._code_cap)
+            new = k.code_new_distinct(code)
+            delta.seen(new, "A:" + ev.account_id, ts, self._new_cap)
             if ev.device_id is not None:
-                delta.seen(fresh, "D:" + ev.device_id, ts, self._code_cap)
+                delta.seen(new, "D:" + ev.device_id, ts, self._new_cap)
             if ev.ip is not None:
-                delta.seen(fresh, "I:" + ev.ip, ts, self._code_cap)
+                delta.seen(new, "I:" + ev.ip, ts, self._new_cap)
+            if ts - created < self._fresh_age:
+                delta.seen(new, "F:" + ev.account_id, ts, self._new_cap)
         # Per campaign: harvesting shows as many codes of one campaign on one account.
         delta.seen(k.account_codes(ev.account_id), camp + "\x1f" + code, ts, self._cap)
         ck = k.campaign_counts(camp, b)

@@ -2,9 +2,9 @@
 
 Members seen after ``t`` (applied already by a partition read ahead) are left out, so that a
 figure depends on the events up to ``t`` only, as in replay. Only what rules use is read: codes
-need their distinct sets (accounts, devices, IPs; those of new accounts over the short window),
-accounts their codes, campaigns their counters over the short window. Each window is then a
-filter on the same rows, so one read serves every window.
+need their distinct sets (accounts, devices, IPs; those of new and fresh accounts over the short
+window), accounts their codes, campaigns their counters over the short window. Each window is
+then a filter on the same rows, so one read serves every window.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class Features:
     new_accounts: dict[str, int] = field(default_factory=dict)
     new_devices: dict[str, int] = field(default_factory=dict)
     new_ips: dict[str, int] = field(default_factory=dict)
+    # New accounts registered within ``windows.fresh_account_age_s`` before their order.
+    fresh_accounts: dict[str, int] = field(default_factory=dict)
     redemptions: dict[str, float] = field(default_factory=dict)
     discount_sum: dict[str, float] = field(default_factory=dict)
     discounted: dict[str, float] = field(default_factory=dict)
@@ -110,8 +112,15 @@ class FeatureReader:
         for pl in plans:
             f = pl.f
             if pl.members >= 0 and f.entity.scope == "code":
-                self._dims(f, res.members[pl.members], ("a", "d", "i"), WINDOWS)
-                self._dims(f, res.members[pl.new_members], ("A", "D", "I"), WINDOWS[:2])
+                old = {"a": f.accounts, "d": f.devices, "i": f.ips}
+                self._dims(f, res.members[pl.members], old, WINDOWS)
+                new = {
+                    "A": f.new_accounts,
+                    "D": f.new_devices,
+                    "I": f.new_ips,
+                    "F": f.fresh_accounts,
+                }
+                self._dims(f, res.members[pl.new_members], new, WINDOWS[:2])
             elif pl.members >= 0 and f.entity.scope == "account":
                 self._codes(f, res.members[pl.members])
             elif pl.members >= 0:
@@ -130,19 +139,16 @@ class FeatureReader:
         self,
         f: Features,
         rows: list[tuple[str, float]],
-        dims: tuple[str, str, str],
+        targets: dict[str, dict[str, int]],
         windows: Sequence[str],
     ) -> None:
-        new = dims[0] == "A"
-        out = (
-            (f.new_accounts, f.new_devices, f.new_ips) if new else (f.accounts, f.devices, f.ips)
-        )
-        times: dict[str, list[float]] = {d: [] for d in dims}
+        """Distinct members per window, by member prefix into ``targets[prefix]``."""
+        times: dict[str, list[float]] = {d: [] for d in targets}
         for m, ts in rows:
             lst = times.get(m[0])
             if lst is not None:
                 lst.append(ts)
-        for target, d in zip(out, dims, strict=True):
+        for d, target in targets.items():
             lst = sorted(times[d])
             # Window (t - w, t]: members after t were applied by a partition read ahead.
             upto = bisect_right(lst, f.t)

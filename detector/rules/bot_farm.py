@@ -1,10 +1,11 @@
-"""Many fresh accounts redeeming one code from a few devices."""
+"""Many new accounts redeeming one code from a few devices, or a burst of fresh accounts on it."""
 
 from __future__ import annotations
 
 from detector.config import BotFarmRule
 from detector.features.view import Features
 from detector.rules.base import Finding, RuleContext, window_label
+from detector.rules.code_shared import personal_norm
 
 
 class BotFarm:
@@ -16,23 +17,51 @@ class BotFarm:
         if not cfg.enabled:
             return None
         w = cfg.window
+        win = window_label(ctx.cfg.windows.seconds(w))
         accounts = f.new_accounts[w]
-        if accounts < cfg.min_new_accounts:
-            return None
         # Unknown devices (null) say nothing: fall back to IPs only then.
         farm, what = (f.new_devices[w], "devices") if f.new_devices[w] else (f.new_ips[w], "IPs")
-        if farm == 0 or accounts - farm < cfg.min_extra_accounts:
-            return None
-        win = window_label(ctx.cfg.windows.seconds(w))
+        if accounts >= cfg.min_new_accounts and farm and accounts - farm >= cfg.min_extra_accounts:
+            return self._finding(
+                f,
+                cfg,
+                value=round(accounts / farm, 3),
+                threshold=None,
+                summary=f"code {f.entity.key}: {accounts} new accounts in {win} from only {farm} "
+                f"{what} ({accounts / farm:.1f} accounts each); likely a bot farm: block the "
+                f"{what} and review the accounts.",
+            )
+        # A slow farm reuses no device in its first minutes, but its accounts were registered
+        # just before their orders; legitimate new customers registered any time that day. On a
+        # personal code, strangers registering to use it are a leak: code_shared pages that.
+        fresh = f.fresh_accounts[w]
+        if (
+            fresh >= cfg.min_fresh_accounts
+            and fresh >= cfg.min_fresh_share * accounts
+            and personal_norm(f, ctx) is None
+        ):
+            age = window_label(int(ctx.cfg.windows.fresh_account_age_s))
+            return self._finding(
+                f,
+                cfg,
+                value=float(fresh),
+                threshold=float(cfg.min_fresh_accounts),
+                summary=f"code {f.entity.key}: {fresh} accounts registered less than {age} "
+                f"before their order redeemed it in {win} ({fresh} of {accounts} new accounts); "
+                f"likely a bot farm starting: review the accounts and their devices and IPs.",
+            )
+        return None
+
+    def _finding(
+        self, f: Features, cfg: BotFarmRule, value: float, threshold: float | None, summary: str
+    ) -> Finding:
         return Finding(
             rule=self.name,
             scope="code",
             key=f.entity.key,
             campaign=f.entity.campaign,
             severity=cfg.severity,
-            value=round(accounts / farm, 3),
-            threshold=None,
-            summary=f"code {f.entity.key}: {accounts} new accounts in {win} from only {farm} "
-            f"{what} ({accounts / farm:.1f} accounts each); likely a bot farm: block the "
-            f"{what} and review the accounts.",
+            value=value,
+            threshold=threshold,
+            summary=summary,
         )

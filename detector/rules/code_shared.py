@@ -8,6 +8,30 @@ from detector.rules.base import Finding, RuleContext, window_label
 from detector.state.keys import standalone_campaign
 
 
+def personal_norm(f: Features, ctx: RuleContext) -> str | None:
+    """Why the code's campaign is personal (declared, or learned from the stream), or None."""
+    code, camp = f.entity.key, f.entity.campaign
+    kind = ctx.kind(camp)
+    if kind == "public":
+        return None
+    if kind is not None:
+        return f"campaign {camp} is declared personal: 1 account per code"
+    # Undeclared: personal only once learned from the stream. A code on its own, or a young
+    # campaign with a single popular code, is a public launch, not a leak.
+    if camp is None or camp == standalone_campaign(code):
+        return None
+    cfg: CodeSharedRule = ctx.cfg.rule_for("code_shared", camp)
+    # The code under test is left out: its own sharing must not unlearn its campaign.
+    others = f.campaign_codes - 1
+    shared = f.campaign_shared_codes - (1 if f.accounts["memory"] >= 2 else 0)
+    if others < cfg.learn_min_codes or shared > cfg.learn_max_shared_fraction * others:
+        return None
+    return (
+        f"campaign {camp} looks personal: {others - shared} of its {others} other codes "
+        f"recently used have 1 account"
+    )
+
+
 class CodeShared:
     name = "code_shared"
     scope = "code"
@@ -17,25 +41,9 @@ class CodeShared:
         cfg: CodeSharedRule = ctx.cfg.rule_for(self.name, camp)
         if not cfg.enabled:
             return None
-        kind = ctx.kind(camp)
-        if kind == "public":
+        norm = personal_norm(f, ctx)
+        if norm is None:
             return None
-        if kind is None:
-            # Undeclared: personal only once learned from the stream. A code on its own, or a
-            # young campaign with a single popular code, is a public launch, not a leak.
-            if camp is None or camp == standalone_campaign(code):
-                return None
-            # The code under test is left out: its own sharing must not unlearn its campaign.
-            others = f.campaign_codes - 1
-            shared = f.campaign_shared_codes - (1 if f.accounts["memory"] >= 2 else 0)
-            if others < cfg.learn_min_codes or shared > cfg.learn_max_shared_fraction * others:
-                return None
-            norm = (
-                f"campaign {camp} looks personal: {others - shared} of its {others} other codes "
-                f"recently used have 1 account"
-            )
-        else:
-            norm = f"campaign {camp} is declared personal: 1 account per code"
         w = cfg.window
         accounts = f.accounts[w]
         households = min(accounts, f.devices[w], f.ips[w])

@@ -9,7 +9,7 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 |---|---|---|---|
 | ``k:{code}:{seg}`` | hash | per bucket: ``n{b}`` redemptions, ``w{b}`` by new accounts (reports) | retention |
 | ``u:{code}`` | zset | ``a:{account}``, ``d:{device}``, ``i:{ip}`` -> last event time (capped) | memory |
-| ``v:{code}`` | zset | the same for new accounts only: ``A:``, ``D:``, ``I:`` (capped) | retention |
+| ``v:{code}`` | zset | the same for new accounts only: ``A:``, ``D:``, ``I:``; ``F:{account}`` for fresh ones (capped) | retention |
 | ``a:{account}`` | zset | ``{campaign}\x1f{code}`` redeemed -> last event time | retention |
 | ``g:{campaign}:{seg}`` | hash | per bucket: ``n{b}`` redemptions; over those with a discount and a total: ``s{b}`` discount sum, ``q{b}`` count, ``r{b}`` sum and ``x{b}`` sum of squares of discount/total | retention |
 | ``dr:{campaign}`` | zset | the last few redemptions' ``{discount/total}\x1f{event_id}`` -> event time | retention |

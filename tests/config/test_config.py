@@ -48,6 +48,18 @@ def test_threshold_above_the_exact_distinct_cap_is_refused(tmp_path: Path) -> No
         load_config(write(tmp_path, text))
 
 
+def test_fresh_accounts_older_than_new_ones_are_refused(tmp_path: Path) -> None:
+    text = "windows:\n  new_account_age_s: 3600\n  fresh_account_age_s: 7200\n"
+    with pytest.raises(ConfigError, match=r"windows\.fresh_account_age_s'=7200.*3600"):
+        load_config(write(tmp_path, text))
+
+
+def test_a_fresh_share_above_one_names_the_key_and_the_range(tmp_path: Path) -> None:
+    text = "rules:\n  bot_farm:\n    min_fresh_share: 1.5\n"
+    with pytest.raises(ConfigError, match=r"rules\.bot_farm\.min_fresh_share.*1\.5.*less than"):
+        load_config(write(tmp_path, text))
+
+
 def test_per_campaign_overrides_apply_only_to_that_campaign(tmp_path: Path) -> None:
     text = (
         "campaigns:\n  NY:\n    kind: personal\n    rules:\n"

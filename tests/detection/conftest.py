@@ -15,21 +15,6 @@ from detector.simulate.scenario import ScenarioParams, generate, write_jsonl
 Replayed = tuple[list[Alert], dict[str, Any], Config]
 
 
-FARM_EVIDENCE = 6  # rules.bot_farm.min_new_accounts
-
-
-def nth_account_at(events: Path, accounts: set[str], n: int = FARM_EVIDENCE) -> str | None:
-    """When the n-th distinct account of ``accounts`` first appears in the stream."""
-    seen: set[str] = set()
-    with events.open("rb") as f:
-        for line in f:
-            e = orjson.loads(line)
-            if e["account_id"] in accounts and e["account_id"] not in seen:
-                seen.add(e["account_id"])
-                if len(seen) == n:
-                    return str(e["ts"])
-    return None
-
 
 @pytest.fixture
 def simulate_and_replay(tmp_path: Path) -> Callable[..., Replayed]:
@@ -50,9 +35,6 @@ def simulate_and_replay(tmp_path: Path) -> Callable[..., Replayed]:
         replay(cfg, str(events), alerts_out=str(out))
         alerts = [Alert.from_json(line) for line in out.read_bytes().splitlines()]
         truth = orjson.loads(orjson.dumps(sc.truth_dict()))
-        for inc in truth["incidents"]:
-            if inc["kind"] == "bot_farm":
-                inc["nth_account_at"] = nth_account_at(events, set(inc["details"]["accounts"]))
         return alerts, truth, cfg
 
     return go
