@@ -374,24 +374,16 @@ def replay_config(
     return cfg
 
 
-def key_breakdown(
-    r: redis.Redis, prefix: str, pool: int, windows: tuple[int, int]
-) -> dict[str, Any]:
+def key_breakdown(r: redis.Redis, prefix: str, pool: int) -> dict[str, Any]:
     """Mean ``MEMORY USAGE`` of each per-code key family on a sample of the fill's slots, and of
     one dedupe claim (the claim hashes' total over their fields: claims share keys)."""
-    bucket_s, long_s = windows
-    seg_buckets = long_s // bucket_s
     step = max(1, pool // 200)
     slots = list(range(0, pool, step))
     fams: dict[str, list[str]] = {
-        "k (code counts)": [],
         "u (code distinct)": [],
         "a (account codes)": [],
     }
-    dt = 1.0 / EVENT_RATE
     for i in slots:
-        seg = int((GROWTH_START + i * dt) // bucket_s) // seg_buckets
-        fams["k (code counts)"].append(f"{prefix}k:{slot_code(i)}:{seg}")
         fams["u (code distinct)"].append(f"{prefix}u:{slot_code(i)}")
         fams["a (account codes)"].append(f"{prefix}a:{slot_account(i)}")
     out: dict[str, Any] = {}
@@ -524,7 +516,7 @@ def growth(
                 "rss_after_measure": m_res["rss_after"],
                 "peak_rss": res["peak_rss"],
                 "alerts": f_res["alerts"] + m_res["alerts"],
-                "key_sample_bytes": key_breakdown(pr.client, prefix, pool, (60, 3600)),
+                "key_sample_bytes": key_breakdown(pr.client, prefix, pool),
             }
             if hot:
                 h_res = res["files"][2]

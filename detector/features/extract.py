@@ -99,7 +99,6 @@ class Extractor:
         camp = campaign_of(ev)
         assert camp is not None
         ts = ev.ts
-        delta.incr(k.code_counts(code, b), f"n{b}")
         members, mem = k.code_distinct(code), self._camp_ttl
         delta.seen(members, "a:" + ev.account_id, ts, self._code_cap, mem)
         if ev.device_id is not None:
@@ -110,7 +109,6 @@ class Extractor:
         if created is not None and ts - created < self._new_age:
             # New accounts get their own dimensions: a bot farm shows as many new accounts on
             # few devices even when it hides in a crowd of regular customers.
-            delta.incr(k.code_counts(code, b), f"w{b}")
             new = k.code_new_distinct(code)
             delta.seen(new, "A:" + ev.account_id, ts, self._new_cap)
             if ev.device_id is not None:

@@ -7,7 +7,6 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 
 | key | type | content | TTL |
 |---|---|---|---|
-| ``k:{code}:{seg}`` | hash | per bucket: ``n{b}`` redemptions, ``w{b}`` by new accounts (reports) | retention |
 | ``u:{code}`` | zset | ``a:{account}``, ``d:{device}``, ``i:{ip}`` -> last event time (capped) | memory |
 | ``v:{code}`` | zset | the same for new accounts only: ``A:``, ``D:``, ``I:``; ``F:{account}`` for fresh ones (capped) | retention |
 | ``a:{account}`` | zset | ``{campaign}\x1f{code}`` redeemed -> last event time | retention |
@@ -59,9 +58,6 @@ class Keys:
 
     def seg(self, bucket: int) -> int:
         return bucket // self.seg_buckets
-
-    def code_counts(self, code: str, bucket: int) -> str:
-        return f"{self.prefix}k:{code}:{self.seg(bucket)}"
 
     def code_distinct(self, code: str) -> str:
         return f"{self.prefix}u:{code}"

@@ -64,7 +64,7 @@ BUCKET_S = 60.0
 PARTITIONS = 3
 # Windowed state (detector/state/keys.py). Bookkeeping (offsets, claims, episode states, outbox,
 # model snapshots, leases) is compared through its effects, not byte for byte.
-STATE_FAMILIES = ("k:", "u:", "v:", "a:", "g:", "gc:", "gm:", "o:", "cv:", "dr:")
+STATE_FAMILIES = ("u:", "v:", "a:", "g:", "gc:", "gm:", "o:", "cv:", "dr:")
 # The comparisons are about the messages, not about how long a process idled after them: the
 # wall clock neither advances the watermark nor lets a quiet partition stop holding it back.
 NO_WALL_CLOCK = {"events": {"idle_advance_s": 3600, "idle_partition_s": 3600}}

@@ -34,7 +34,7 @@ def k(store: Store) -> Keys:
 
 
 def test_counters_add_up_across_batches(store: Store) -> None:
-    key = k(store).code_counts("C1", 100)
+    key = k(store).campaign_counts("C1", 100)
     for _ in range(3):
         d = Delta()
         d.incr(key, "n100", 2)
