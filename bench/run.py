@@ -1017,22 +1017,11 @@ def worker_ceiling(a: dict[str, Any]) -> None:
     from kafka import KafkaConsumer
 
     from detector.config import KafkaConfig
-    from detector.sources.kafka import client_options
+    from detector.sources.kafka import consumer_options
 
     cfg = KafkaConfig(bootstrap_servers=KAFKA, group_id=a["group"], client_id=a["group"])
     t_start = time.perf_counter()
-    c = KafkaConsumer(
-        group_id=cfg.group_id,
-        enable_auto_commit=False,
-        auto_offset_reset=cfg.auto_offset_reset,
-        max_poll_records=cfg.max_poll_records,
-        fetch_max_bytes=cfg.fetch_max_bytes,
-        max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
-        session_timeout_ms=cfg.session_timeout_ms,
-        heartbeat_interval_ms=cfg.heartbeat_interval_ms,
-        max_poll_interval_ms=cfg.max_poll_interval_ms,
-        **client_options(cfg),
-    )
+    c = KafkaConsumer(**consumer_options(cfg))
     c.subscribe([a["topic"]])
     n, target = 0, a["n"]
     first: tuple[float, int] | None = None

@@ -51,6 +51,22 @@ def client_options(cfg: KafkaConfig) -> dict[str, Any]:
     return opts
 
 
+def consumer_options(cfg: KafkaConfig) -> dict[str, Any]:
+    """The detector's consumer settings (the bench's bare-consumer ceiling uses the same)."""
+    return {
+        "group_id": cfg.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": cfg.auto_offset_reset,
+        "max_poll_records": cfg.max_poll_records,
+        "fetch_max_bytes": cfg.fetch_max_bytes,
+        "max_partition_fetch_bytes": cfg.max_partition_fetch_bytes,
+        "session_timeout_ms": cfg.session_timeout_ms,
+        "heartbeat_interval_ms": cfg.heartbeat_interval_ms,
+        "max_poll_interval_ms": cfg.max_poll_interval_ms,
+        **client_options(cfg),
+    }
+
+
 def check_access(cfg: KafkaConfig, timeout_s: float = 10.0) -> None:
     """Fail fast and clearly when a broker refuses our TLS set-up or SASL credentials.
 
@@ -195,18 +211,7 @@ class KafkaSource:
     def _consumer(self) -> Any:
         cfg = self._cfg
         try:
-            return KafkaConsumer(
-                group_id=cfg.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset=cfg.auto_offset_reset,
-                max_poll_records=cfg.max_poll_records,
-                fetch_max_bytes=cfg.fetch_max_bytes,
-                max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
-                session_timeout_ms=cfg.session_timeout_ms,
-                heartbeat_interval_ms=cfg.heartbeat_interval_ms,
-                max_poll_interval_ms=cfg.max_poll_interval_ms,
-                **client_options(cfg),
-            )
+            return KafkaConsumer(**consumer_options(cfg))
         except KafkaError as e:
             raise SourceError(
                 f"cannot connect to Kafka at {cfg.bootstrap_servers} "
