@@ -187,9 +187,11 @@ def group_members(bootstrap: str, group: str) -> list[Any]:
         admin.close()
 
 
-def stored_offsets(r: redis.Redis, prefix: str, group: str, topic: str) -> dict[int, int]:
+def stored_offsets(
+    r: redis.Redis, prefix: str, group: str, topic: str, partitions: int = PARTITIONS
+) -> dict[int, int]:
     """The offsets `detector run` stored with its state (the authoritative ones)."""
-    raw = r.mget([f"{prefix}off:kafka:{group}:{topic}:{p}" for p in range(PARTITIONS)])
+    raw = r.mget([f"{prefix}off:kafka:{group}:{topic}:{p}" for p in range(partitions)])
     return {p: int(v) for p, v in enumerate(raw) if v is not None}
 
 
@@ -485,10 +487,12 @@ def wait_done(
     r: redis.Redis, prefix: str, group: str, stream: Stream, runs: Iterable[Run], timeout: float
 ) -> None:
     """Every message applied (stored offsets at the ends), evaluated and delivered."""
+    assert stream.ends, f"no end offsets for {stream.topic}"
+    n = len(stream.ends)
 
     def done() -> bool:
         return (
-            stored_offsets(r, prefix, group, stream.topic) == stream.ends
+            stored_offsets(r, prefix, group, stream.topic, n) == stream.ends
             and not r.exists(f"{prefix}dirty")
             and not r.hlen(f"{prefix}ob")
         )
@@ -497,7 +501,7 @@ def wait_done(
         wait_until(done, timeout, "every message applied, evaluated and delivered", runs)
     except AssertionError as e:
         raise AssertionError(
-            f"{e}\nstored offsets {stored_offsets(r, prefix, group, stream.topic)}, "
+            f"{e}\nstored offsets {stored_offsets(r, prefix, group, stream.topic, n)}, "
             f"dirty {r.smembers(f'{prefix}dirty')}, "
             f"outbox {r.hlen(f'{prefix}ob')}"
         ) from None

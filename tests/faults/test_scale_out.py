@@ -44,6 +44,7 @@ from kafka import KafkaProducer
 from test_crash_and_outages import (
     Run,
     Runs,
+    Stream,
     assert_same_alerts,
     assert_same_models,
     create_topics,
@@ -58,6 +59,8 @@ from test_crash_and_outages import (
     read_alerts,
     scenario_events,
     state_diff,
+    stored_offsets,
+    wait_done,
     wait_until,
 )
 from test_crash_and_outages import run_config as _run_config
@@ -74,49 +77,14 @@ REPEAT = int(os.environ.get("FAULTS_SCALE_REPEAT", "1"))
 # -------------------------------------------------------------------- helpers --
 
 
-@dataclass
-class Topic:
-    bootstrap: str
-    redis_url: str
-    topic: str
-    n: int
-    ends: dict[int, int]
-    campaigns: dict[str, str]
-
-
-def run_config(t: Topic, group: str, prefix: str, alerts: Path, **over: Any) -> dict[str, Any]:
-    base = _run_config(t, group, prefix, alerts)  # type: ignore[arg-type]
+def run_config(t: Stream, group: str, prefix: str, alerts: Path, **over: Any) -> dict[str, Any]:
+    base = _run_config(t, group, prefix, alerts)
     scale = {
         # The writer's lease lapses soon after it dies: the next one continues at once.
         "models": {"lease_ttl_s": 5.0},
         "kafka": {"session_timeout_ms": 4000, "heartbeat_interval_ms": 500},
     }
     return merge(merge(base, scale), over)
-
-
-def stored(r: redis.Redis, prefix: str, group: str, topic: str) -> dict[int, int]:
-    raw = r.mget([f"{prefix}off:kafka:{group}:{topic}:{p}" for p in range(PARTITIONS)])
-    return {p: int(v) for p, v in enumerate(raw) if v is not None}
-
-
-def wait_all_applied(
-    r: redis.Redis, prefix: str, group: str, t: Topic, runs: list[Run], timeout: float
-) -> None:
-    def done() -> bool:
-        return (
-            stored(r, prefix, group, t.topic) == t.ends
-            and not r.exists(f"{prefix}dirty")
-            and not r.hlen(f"{prefix}ob")
-        )
-
-    try:
-        wait_until(done, timeout, "every message applied, evaluated and delivered", runs)
-    except AssertionError as e:
-        raise AssertionError(
-            f"{e}\nstored offsets {stored(r, prefix, group, t.topic)}, "
-            f"dirty {r.smembers(f'{prefix}dirty')}, "
-            f"outbox {r.hlen(f'{prefix}ob')}"
-        ) from None
 
 
 def pid_of(owner: bytes | None) -> int | None:
@@ -228,7 +196,7 @@ def reference(
     events, campaigns = day
     name = topics()
     n = produce(stack.kafka_bootstrap, name, events)
-    t = Topic(
+    t = Stream(
         stack.kafka_bootstrap,
         stack.redis_url,
         name,
@@ -244,7 +212,7 @@ def reference(
     alerts = workdir / "alerts.jsonl"
     try:
         run = runs.start("reference", runs.config("ref", run_config(t, group, prefix, alerts)))
-        wait_all_applied(r, prefix, group, t, [run], timeout=240)
+        wait_done(r, prefix, group, t, [run], timeout=240)
         assert run.stop() == 0, run.tail()
         ref = Reference(dump_state(r, prefix), read_alerts(alerts), dump_models(r, prefix))
         assert ref.alerts
@@ -266,7 +234,7 @@ def runs(tmp_path: Path) -> Iterator[Runs]:
 
 
 def start_group(
-    runs: Runs, t: Topic, group: str, prefix: str, tmp_path: Path
+    runs: Runs, t: Stream, group: str, prefix: str, tmp_path: Path
 ) -> tuple[list[Run], list[Path]]:
     """Three instances, started together; returns once the group is stable with all three."""
     procs, files = [], []
@@ -349,7 +317,7 @@ def test_three_instances_raise_the_same_alerts_as_one_with_one_model_writer(
 ) -> None:
     events, campaigns = day
     name = topics()
-    t = Topic(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
+    t = Stream(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
     group = f"scale-{name}"
     procs, files = start_group(runs, t, group, redis_prefix, tmp_path)
     watch = Watch(redis_client, f"{redis_prefix}lease:models", procs)
@@ -361,7 +329,7 @@ def test_three_instances_raise_the_same_alerts_as_one_with_one_model_writer(
         producer.join(PACE_S + 120)
         assert producer.error is None and producer.sent == len(events), producer.error
         t.ends = end_offsets(t.bootstrap, name)
-        wait_all_applied(redis_client, redis_prefix, group, t, procs, timeout=180)
+        wait_done(redis_client, redis_prefix, group, t, procs, timeout=180)
     finally:
         watch.stop()
     seconds = time.monotonic() - t0
@@ -390,13 +358,13 @@ def test_three_instances_through_a_backlog_raise_the_same_alerts_as_one(
 ) -> None:
     events, campaigns = day
     name = topics()
-    t = Topic(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
+    t = Stream(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
     group = f"scale-backlog-{name}"
     procs, files = start_group(runs, t, group, redis_prefix, tmp_path)
     t0 = time.monotonic()
     produce(t.bootstrap, name, events)
     t.ends = end_offsets(t.bootstrap, name)
-    wait_all_applied(redis_client, redis_prefix, group, t, procs, timeout=240)
+    wait_done(redis_client, redis_prefix, group, t, procs, timeout=240)
     seconds = time.monotonic() - t0
     for x in procs:
         assert x.stop() == 0, x.tail()
@@ -419,7 +387,7 @@ def test_killing_the_model_writer_mid_stream_rebalances_and_keeps_the_same_alert
 ) -> None:
     events, campaigns = day
     name = topics()
-    t = Topic(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
+    t = Stream(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
     group = f"scale-kill-{name}"
     procs, files = start_group(runs, t, group, redis_prefix, tmp_path)
     watch = Watch(redis_client, f"{redis_prefix}lease:models", procs)
@@ -430,7 +398,8 @@ def test_killing_the_model_writer_mid_stream_rebalances_and_keeps_the_same_alert
     try:
         wait_until(
             lambda: (
-                sum(stored(redis_client, redis_prefix, group, name).values()) >= 0.4 * len(events)
+                sum(stored_offsets(redis_client, redis_prefix, group, name, PARTITIONS).values())
+                >= 0.4 * len(events)
             ),
             PACE_S + 120,
             "40 % applied",
@@ -441,7 +410,7 @@ def test_killing_the_model_writer_mid_stream_rebalances_and_keeps_the_same_alert
             lambda: pid_of(redis_client.get(lease)), 30, "a models' writer", procs, every=0.05
         )
         victim = next(x for x in procs if x.proc.pid == writer)
-        at = sum(stored(redis_client, redis_prefix, group, name).values())
+        at = sum(stored_offsets(redis_client, redis_prefix, group, name, PARTITIONS).values())
         t_kill = time.monotonic()
         victim.kill()
         survivors = [x for x in procs if x is not victim]
@@ -464,7 +433,7 @@ def test_killing_the_model_writer_mid_stream_rebalances_and_keeps_the_same_alert
         producer.join(PACE_S + 120)
         assert producer.error is None and producer.sent == len(events), producer.error
         t.ends = end_offsets(t.bootstrap, name)
-        wait_all_applied(redis_client, redis_prefix, group, t, survivors, timeout=180)
+        wait_done(redis_client, redis_prefix, group, t, survivors, timeout=180)
     finally:
         watch.stop()
     for x in survivors:
@@ -506,7 +475,7 @@ def test_an_instance_that_lost_the_models_lease_stops_exporting_model_scores(
     again, only the lease's owner exports ``detector_model_score``."""
     events, campaigns = day
     name = topics()
-    t = Topic(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
+    t = Stream(stack.kafka_bootstrap, stack.redis_url, name, len(events), {}, campaigns)
     group = f"lease-{name}"
     procs = []
     for i in range(2):
@@ -517,7 +486,7 @@ def test_an_instance_that_lost_the_models_lease_stops_exporting_model_scores(
     wait_until(lambda: len(group_members(t.bootstrap, group)) == 2, 90, "2 members", procs)
     produce(t.bootstrap, name, events)
     t.ends = end_offsets(t.bootstrap, name)
-    wait_all_applied(redis_client, redis_prefix, group, t, procs, timeout=240)
+    wait_done(redis_client, redis_prefix, group, t, procs, timeout=240)
     lease = f"{redis_prefix}lease:models"
 
     def exporters() -> list[int]:
