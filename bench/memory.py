@@ -337,12 +337,17 @@ def run_worker(
     cmd += ["--backend", backend, "--out", str(out)]
     for f in files:
         cmd += ["--file", str(f)]
+    return run_json_worker(cmd, out, timeout, "replay worker")
+
+
+def run_json_worker(cmd: list[str], out: Path, timeout: float, what: str) -> dict[str, Any]:
+    """Run a bench worker process; its result is the JSON it writes to ``out``."""
     log = out.with_suffix(".log")
     with log.open("wb") as lf:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=lf, stderr=subprocess.STDOUT)
         wait_child(proc, timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"replay worker failed ({proc.returncode}): {log.read_text()[-2000:]}")
+        raise RuntimeError(f"{what} failed ({proc.returncode}): {log.read_text()[-3000:]}")
     res: dict[str, Any] = json.loads(out.read_text())
     return res
 

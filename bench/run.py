@@ -444,14 +444,7 @@ def _worker_cmd(kind: str, **kw: Any) -> list[str]:
 
 
 def _run_json_worker(cmd: list[str], out: Path, timeout: float) -> dict[str, Any]:
-    log = out.with_suffix(".log")
-    with log.open("wb") as lf:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=lf, stderr=subprocess.STDOUT)
-        wait_child(proc, timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[3:5]} failed ({proc.returncode}): {log.read_text()[-3000:]}")
-    res: dict[str, Any] = json.loads(out.read_text())
-    return res
+    return memory.run_json_worker(cmd, out, timeout, " ".join(cmd[3:5]))
 
 
 def section_ceiling(ctx: Ctx) -> dict[str, Any]:
