@@ -234,10 +234,13 @@ def run(cfg: Config, cfg_path: str | None, loaded_mtime: float | None = None) ->
     _retry_store(store, metrics, pipe.restore_firing, backoff)
     _retry_store(store, metrics, pipe.recover, backoff)
     log.info("detector running", topic=cfg.kafka.topics.events, group=cfg.kafka.group_id)
+    batches = source.batches(lambda: pipe.held_by_group)
     try:
-        for batch in source.batches(lambda: pipe.held_by_group):
+        for polled in batches:
             try:
-                offsets = pipe.process(batch, source.caught_up, source.partitions())
+                offsets = pipe.process(
+                    polled.records, polled.caught_up.__contains__, polled.partitions
+                )
             except StaleProgress as e:
                 log.warning("partitions moved to another writer; resyncing", detail=str(e))
                 source.seek(_retry_store(store, metrics, pipe.reload_progress, backoff))
@@ -255,14 +258,15 @@ def run(cfg: Config, cfg_path: str | None, loaded_mtime: float | None = None) ->
                 continue
             metrics.store_up.set(1)
             source.commit(offsets)
-            for p, lag in source.lag().items():
+            for p, lag in polled.lag.items():
                 metrics.consumer_lag.labels(cfg.kafka.topics.events, str(p)).set(lag)
             new = reloader.poll()
             if new is not None:
                 pipe.reconfigure(new)
     finally:
+        batches.close()  # gives the turn back: a rebalance callback may be waiting for it
+        source.close()  # the fetch thread first: no rebalance callback runs after this
         pipe.close()
-        source.close()
         for s in sinks:
             s.close()
         dlq.close()

@@ -8,10 +8,13 @@ committed offsets say (those are committed too, after the store, for lag monitor
 from __future__ import annotations
 
 import contextlib
+import queue
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -164,14 +167,32 @@ def _sasl_probe(cfg: KafkaConfig, sock: socket.socket, host: str, server: str) -
         raise SourceError(f"{refused}; {hint}")
 
 
-# Poll timeout while the pipeline holds records for the other instances: they move on in
-# milliseconds, and a full poll timeout per bucket would make a shared backlog crawl.
+# How long the pipeline waits for the next batch while it holds records for the other instances:
+# they move on in milliseconds, and a full poll timeout per bucket would make a shared backlog
+# crawl. Past it, the pipeline runs again on an empty batch.
 _WAITING_POLL_MS = 20
 # Kafka's committed offsets only feed lag tools (the store holds the ones the detector resumes
 # from): committed at most this often, not after every batch (a broker round trip each).
 _COMMIT_EVERY_S = 1.0
-# How often lag() asks the brokers for the partitions' end offsets (one ListOffsets request).
+# How often the lag asks the brokers for the partitions' end offsets (one ListOffsets request).
 _END_OFFSETS_EVERY_S = 2.0
+# Batches polled ahead of the pipeline: one overlaps the next fetch and decode with the
+# pipeline's Redis round trips; more would only hold more memory.
+PREFETCH_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class Polled:
+    """One poll's records, with the consumer's view right after that poll."""
+
+    records: list[Record]
+    caught_up: frozenset[int]
+    """Assigned partitions with nothing more to fetch once these records are processed."""
+    partitions: frozenset[int]
+    """The topic's partitions."""
+    lag: dict[int, int]
+    """Records behind the partition's end, per assigned partition."""
+    generation: int
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -179,7 +200,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._src = src
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        # Called inside poll(): the previous batch is fully applied to the store by then.
         self._src._revoked([tp.partition for tp in revoked])
 
     def on_partitions_assigned(self, assigned: Any) -> None:
@@ -187,13 +207,26 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaSource:
+    """Polls in a fetch thread that alone uses the consumer; the pipeline gets its batches.
+
+    kafka-python fetches and decodes records (CRC, record batches) in the thread that polls, so
+    polling ahead overlaps that work and the broker round trip with the pipeline's. The
+    pipeline's thread never calls the consumer: each batch carries the consumer's view after
+    its poll (caught-up partitions, lag), commits are handed over, seeks are requested.
+
+    Between batches the pipeline holds no turn: rebalance callbacks (kafka-python's IO thread,
+    inside the fetch thread's poll) take it, so they run between two batches as they did when
+    the pipeline polled itself. Each rebalance and each seek starts a new generation: batches
+    polled before it are dropped unprocessed; their records are fetched again from the offsets
+    sought (the store's for an assignment), by whichever instance owns them now.
+    """
+
     def __init__(
         self,
         cfg: KafkaConfig,
         stored_offsets: Callable[[], dict[int, int]],
         on_assign: Callable[[list[int]], None],
         on_revoke: Callable[[list[int]], None],
-        consumer: Any | None = None,
     ) -> None:
         self.name = f"kafka:{cfg.group_id}:{cfg.topics.events}"
         self._cfg = cfg
@@ -201,12 +234,22 @@ class KafkaSource:
         self._stored = stored_offsets
         self._on_assign = on_assign
         self._on_revoke = on_revoke
-        self._stop = False
+        self._stop = threading.Event()
         self._ends: dict[int, int] = {}
         self._ends_at = 0.0
-        self._to_commit: dict[int, int] = {}
         self._commit_at = 0.0
-        self._c = consumer if consumer is not None else self._consumer()
+        # Guards what both threads touch: the generation, the requested seek, offsets to commit.
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._seek_to: dict[int, int] | None = None
+        # The last assignment's partitions and the store's offsets they were sought to.
+        self._sought: tuple[list[int], dict[int, int]] = ([], {})
+        self._to_commit: dict[int, int] = {}
+        # Held by the pipeline while it works on a batch, and by the rebalance callbacks.
+        self._turn = threading.Lock()
+        self._queue: queue.Queue[Polled | BaseException] = queue.Queue(PREFETCH_BATCHES)
+        self._fetcher: threading.Thread | None = None
+        self._c = self._consumer()
 
     def _consumer(self) -> Any:
         cfg = self._cfg
@@ -218,15 +261,24 @@ class KafkaSource:
                 f"({cfg.security_protocol}): {type(e).__name__}: {e}"
             ) from None
 
+    def _new_generation(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._seek_to = None  # an assignment seeks every partition itself
+
     def _assigned(self, partitions: list[int]) -> None:
         # The pipeline loads the store's progress for these partitions first, so that the
         # offsets below cover them (before, it knew none of them here: nothing was sought).
         # Every partition is then sought: kafka-python keeps its fetch position for a partition
         # this instance already had, which is past the records it fetched and the revocation
-        # dropped unapplied from the alignment buffers; and Kafka's committed offsets, where a
-        # new partition would start, may be ahead of the store's if Redis lost its last writes.
-        self._on_assign(partitions)
-        self._seek(partitions, self._stored())
+        # dropped unapplied from the alignment buffers (and from the prefetched batches); and
+        # Kafka's committed offsets, where a new partition would start, may be ahead of the
+        # store's if Redis lost its last writes.
+        self._new_generation()
+        with self._turn:
+            self._on_assign(partitions)
+            self._sought = (partitions, self._stored())
+            self._seek(*self._sought)
         log.info("partitions assigned", topic=self._topic, partitions=sorted(partitions))
 
     def _seek(self, partitions: Iterable[int], stored: dict[int, int]) -> None:
@@ -241,27 +293,89 @@ class KafkaSource:
 
     def _revoked(self, partitions: list[int]) -> None:
         # Runs on kafka-python's IO thread, where blocking commits are not allowed; the store
-        # holds the authoritative offsets anyway, written with the state of every batch.
+        # holds the authoritative offsets anyway, written with the state of every batch. The new
+        # generation makes the pipeline drop what was polled ahead; the turn waits for the batch
+        # it is on, so that batch is fully applied to the store before the partitions go.
         log.info("partitions revoked", topic=self._topic, partitions=sorted(partitions))
-        for p in partitions:
-            self._to_commit.pop(p, None)  # the new owner commits them now
-        self._on_revoke(partitions)
+        self._new_generation()
+        with self._turn:
+            with self._lock:
+                for p in partitions:
+                    self._to_commit.pop(p, None)  # the new owner commits them now
+            self._on_revoke(partitions)
 
     def stop(self) -> None:
-        self._stop = True
+        self._stop.set()
 
-    def batches(self, waiting: Callable[[], bool] = lambda: False) -> Iterator[list[Record]]:
-        """Polled batches; while ``waiting()`` (records held for the group clock), poll briefly."""
+    def batches(self, waiting: Callable[[], bool] = lambda: False) -> Generator[Polled, None, None]:
+        """Polled batches, the turn held while the caller works on one; while ``waiting()``
+        (records held for the group clock), an empty batch every 20 ms if nothing comes."""
         self._c.subscribe([self._topic], listener=_Listener(self))
-        while not self._stop:
+        self._fetcher = threading.Thread(target=self._fetch, name="kafka-fetch", daemon=True)
+        self._fetcher.start()
+        last: Polled | None = None
+        while not self._stop.is_set():
             timeout = _WAITING_POLL_MS if waiting() else self._cfg.poll_timeout_ms
-            polled = self._c.poll(timeout_ms=timeout, max_records=self._cfg.max_poll_records)
-            batch = [
-                Record(m.value, m.topic, m.partition, m.offset, m.key, m.timestamp)
-                for msgs in polled.values()
-                for m in msgs
-            ]
-            yield batch
+            try:
+                item = self._queue.get(timeout=timeout / 1000)
+            except queue.Empty:
+                if last is None or not waiting():
+                    continue  # the fetch thread hands over an empty batch after each idle poll
+                # The view of the last batch still holds: positions move only with records.
+                item = replace(last, records=[])
+            if isinstance(item, BaseException):
+                raise item
+            with self._turn:
+                if item.generation != self._generation:
+                    continue  # polled before a rebalance or a seek: fetched again
+                last = item
+                yield item
+
+    def _fetch(self) -> None:
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    seek_to, self._seek_to = self._seek_to, None
+                    before = self._generation
+                if seek_to is not None:
+                    self._seek(self._assignment(), seek_to)
+                polled = self._c.poll(
+                    timeout_ms=self._cfg.poll_timeout_ms, max_records=self._cfg.max_poll_records
+                )
+                with self._lock:
+                    if self._seek_to is not None:
+                        continue  # the pipeline asked for a seek meanwhile: these go stale
+                    generation = self._generation
+                if generation != before and polled:
+                    # A rebalance ran inside this poll: records fetched before it must not
+                    # pass for records after it. Drop them all, repeat the assignment's seeks.
+                    parts, stored = self._sought
+                    self._seek(self._assignment() & set(parts), stored)
+                    continue
+                self._maybe_commit()
+                item = Polled(
+                    [
+                        Record(m.value, m.topic, m.partition, m.offset, m.key, m.timestamp)
+                        for msgs in polled.values()
+                        for m in msgs
+                    ],
+                    self._caught_up(),
+                    frozenset(self._c.partitions_for_topic(self._topic) or ()),
+                    self._lag(),
+                    generation,
+                )
+                self._put(item)
+        except BaseException as e:  # handed to the pipeline's thread, which raises it
+            self._put(e)
+
+    def _put(self, item: Polled | BaseException) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.1)
+                return
+
+    def _assignment(self) -> set[int]:
+        return {tp.partition for tp in self._c.assignment()}
 
     def _end(self, tp: TopicPartition) -> int | None:
         """The partition's end as last known: from fetch responses or from a ListOffsets.
@@ -276,8 +390,7 @@ class KafkaSource:
             return hw if end is None else end
         return max(hw, end)
 
-    def lag(self) -> dict[int, int]:
-        """Records behind the partition's end, per assigned partition."""
+    def _lag(self) -> dict[int, int]:
         tps = list(self._c.assignment())
         now = time.monotonic()
         if tps and now >= self._ends_at:
@@ -294,33 +407,37 @@ class KafkaSource:
                 out[tp.partition] = max(0, end - self._c.position(tp))
         return out
 
-    def partitions(self) -> set[int]:
-        """The topic's partitions (from the client's metadata cache)."""
-        parts: set[int] = self._c.partitions_for_topic(self._topic) or set()
-        return parts
-
-    def caught_up(self, partition: int) -> bool:
-        """True when everything up to the partition's end has been fetched."""
-        tp = TopicPartition(self._topic, partition)
-        end = self._end(tp)
-        return end is not None and self._c.position(tp) >= end
+    def _caught_up(self) -> frozenset[int]:
+        """Assigned partitions whose records up to the end have all been fetched."""
+        done = set()
+        for tp in self._c.assignment():
+            end = self._end(tp)
+            if end is not None and self._c.position(tp) >= end:
+                done.add(tp.partition)
+        return frozenset(done)
 
     def seek(self, offsets: dict[int, int]) -> None:
         """Rewind our partitions to the store's offsets (after an error, to retry cleanly).
 
         One the store holds nothing of goes back to where it started from (its first records
-        may have been fetched, and not applied).
+        may have been fetched, and not applied). Batches polled before are dropped.
         """
-        self._seek({tp.partition for tp in self._c.assignment()}, offsets)
+        with self._lock:
+            self._generation += 1
+            self._seek_to = offsets
 
-    def commit(self, offsets: dict[int, int], *, now: bool = False) -> None:
-        """Commit offsets to Kafka (for lag tools); at most once a second unless ``now``."""
-        self._to_commit.update(offsets)
+    def commit(self, offsets: dict[int, int]) -> None:
+        """Offsets for Kafka (lag tools), committed by the fetch thread at most once a second."""
+        with self._lock:
+            self._to_commit.update(offsets)
+
+    def _maybe_commit(self) -> None:
         t = time.monotonic()
-        if not self._to_commit or (not now and t < self._commit_at):
-            return
+        with self._lock:
+            if not self._to_commit or t < self._commit_at:
+                return
+            pending, self._to_commit = self._to_commit, {}
         self._commit_at = t + _COMMIT_EVERY_S
-        pending, self._to_commit = self._to_commit, {}
         try:
             self._c.commit(
                 {
@@ -333,7 +450,11 @@ class KafkaSource:
             log.warning("kafka offset commit failed", error=str(e))
 
     def close(self) -> None:
-        self.commit({}, now=True)
+        self._stop.set()
+        if self._fetcher is not None:
+            self._fetcher.join()
+        self._commit_at = 0.0
+        self._maybe_commit()
         with contextlib.suppress(KafkaError):
             self._c.close(autocommit=False)
 

@@ -10,14 +10,16 @@ Why RSS is bounded, whatever the backlog (the bound asserted below is computed f
 - kafka-python fetches a partition again only once its previous fetch was consumed, and one
   fetch response is at most ``kafka.fetch_max_bytes`` (per broker; ``max_partition_fetch_bytes``
   per partition): about two responses of raw bytes at a time;
-- ``poll`` hands over at most ``kafka.max_poll_records`` records;
+- ``poll`` hands over at most ``kafka.max_poll_records`` records, and the fetch thread polls at
+  most ``PREFETCH_BATCHES`` polls ahead of the pipeline (plus the one it is making);
 - the event-time alignment buffer holds at most ``events.align_buffer_records`` parsed records
   (past that it releases them anyway);
 - a slice is at most 5,000 records (``pipeline._MAX_SLICE``), applied and dropped;
 - everything else is bounded by the number of firing alerts, campaigns and metric labels.
 
-So: RSS <= idle RSS + a few fetch responses + (align buffer + one poll + one slice) x the
-in-memory size of a parsed record, which the test bounds generously at 4 KiB.
+So: RSS <= idle RSS + a few fetch responses + (align buffer + the polls ahead, the one being
+made and the one the pipeline works on + one slice) x the in-memory size of a parsed record,
+which the test bounds generously at 4 KiB.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from test_crash_and_outages import (
     free_port,
     wait_until,
 )
+
+from detector.sources.kafka import PREFETCH_BATCHES
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -225,7 +229,7 @@ def test_burst_grows_lag_not_memory_and_lag_drains(
     bound = (
         idle_rss
         + 3 * FETCH_MAX_BYTES
-        + (ALIGN_BUFFER + MAX_POLL_RECORDS + SLICE) * RECORD_BYTES
+        + (ALIGN_BUFFER + (PREFETCH_BATCHES + 2) * MAX_POLL_RECORDS + SLICE) * RECORD_BYTES
         + 64 * MiB  # allocator slack: freed memory is not always returned to the OS
     )
     ok = m.get('detector_events_total{outcome="ok"}', 0.0)

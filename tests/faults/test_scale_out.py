@@ -18,6 +18,8 @@ the topic is past what that bucket needs.
 3. Three instances, the models' writer SIGKILLed mid-stream: its partitions move to the others
    after the session timeout (a rebalance), another instance takes the models' lease over and
    continues from the last persisted models.
+4. One instance draining the pre-loaded stream in tiny polls, two more joining mid-way: the
+   rebalances come while it has batches polled ahead of its pipeline.
 
 Helpers come from ``test_crash_and_outages`` (same directory; pytest's default import mode puts
 it on ``sys.path``).
@@ -372,6 +374,65 @@ def test_three_instances_through_a_backlog_raise_the_same_alerts_as_one(
     print(f"[faults] {tag}.seconds = {seconds:.1f}")
     record_property(f"{tag}.seconds", round(seconds, 1))
     assert_same_as_reference(redis_client, redis_prefix, files, reference, tag, record_property)
+
+
+def test_instances_joining_while_the_first_drains_a_backlog_apply_every_event_once(
+    reference: Reference,
+    day: tuple[list[dict[str, Any]], dict[str, str]],
+    topics: Callable[[], str],
+    stack: Any,
+    runs: Runs,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    """The rebalances land while the first instance has batches polled ahead of its pipeline:
+    those are dropped and fetched again by the partitions' owners, so the state, alerts and
+    models are those of one instance (nothing lost, nothing applied twice)."""
+    events, campaigns = day
+    name = topics()
+    n = produce(stack.kafka_bootstrap, name, events)
+    t = Stream(
+        stack.kafka_bootstrap,
+        stack.redis_url,
+        name,
+        n,
+        end_offsets(stack.kafka_bootstrap, name),
+        campaigns,
+    )
+    group = f"scale-join-{name}"
+    procs: list[Run] = []
+    files: list[Path] = []
+
+    def start(i: int) -> None:
+        alerts = tmp_path / f"alerts-{i}.jsonl"
+        # Tiny polls: the first instance is hundreds of batches from the end when others join.
+        cfg = run_config(t, group, redis_prefix, alerts, kafka={"max_poll_records": 5})
+        procs.append(runs.start(f"instance{i}", runs.config(f"i{i}", cfg)))
+        files.append(alerts)
+
+    start(0)
+    wait_until(lambda: procs[0].consumed() > 0, 90, "the first instance consuming", procs)
+    for i in range(1, INSTANCES):
+        start(i)
+    wait_until(
+        lambda: len(group_members(t.bootstrap, group)) == INSTANCES,
+        90,
+        f"{INSTANCES} members in the group",
+        procs,
+        every=0.2,
+    )
+    at_join = procs[0].consumed()
+    wait_done(redis_client, redis_prefix, group, t, procs, timeout=240)
+    for x in procs:
+        assert x.stop() == 0, x.tail()
+    print(f"[faults] scale_join.first_instance_events_at_join = {at_join:.0f} of {n}")
+    record_property("scale_join.first_instance_events_at_join", at_join)
+    assert at_join < n, "the backlog was drained before the others joined: no rebalance mid-way"
+    assert_same_as_reference(
+        redis_client, redis_prefix, files, reference, "scale_join", record_property
+    )
 
 
 def test_killing_the_model_writer_mid_stream_rebalances_and_keeps_the_same_alerts(
