@@ -72,6 +72,19 @@ class Extractor:
         self._new_age = new_account_age_s
         self._fresh_age = fresh_account_age_s
 
+    def gate(self, ent: Entity, count: float) -> tuple[str, int] | None:
+        """The entity's distinct set, and the fewest members it holds once the entity has
+        ``count`` distinct accounts (a code) or codes (an account); None for a campaign.
+
+        Every account of a code is at least one member of its set, every code of an account one
+        of its own. A full set (at its cap) may stand for any count.
+        """
+        if ent.scope == "code":
+            return self._k.code_distinct(ent.key), int(min(count, self._code_cap))
+        if ent.scope == "account":
+            return self._k.account_codes(ent.key), int(min(count, self._cap))
+        return None
+
     def add(self, delta: Delta, events: Iterable[Event]) -> dict[Entity, float]:
         """Add a slice's new events; return the entities they touched, each with its newest ts.
 

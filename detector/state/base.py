@@ -29,6 +29,10 @@ class Delta:
     # Distinct sets that live longer than the store's default retention.
     ttls: dict[str, float] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
+    # Dirty members added only if a distinct set holds at least so many members after the
+    # batch: ``member -> (set key, fewest members)``. Entities whose sets are smaller cannot
+    # fire any rule; they are neither marked dirty nor evaluated.
+    gated: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def incr(self, key: str, fld: str, by: float = 1.0) -> None:
         k = (key, fld)
@@ -118,8 +122,11 @@ class Store(Protocol):
         """
         ...
 
-    def apply(self, delta: Delta, progress: Progress | None) -> None:
-        """Write a batch's delta and its progress atomically (or raise ``StaleProgress``)."""
+    def apply(self, delta: Delta, progress: Progress | None) -> set[str]:
+        """Write a batch's delta and its progress atomically (or raise ``StaleProgress``).
+
+        Returns the members of ``delta.gated`` whose set reached its size (now dirty).
+        """
         ...
 
     def read(self, req: Read) -> ReadResult: ...

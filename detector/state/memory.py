@@ -54,7 +54,7 @@ class MemoryStore:
                 out.append(False)
         return out
 
-    def apply(self, delta: Delta, progress: Progress | None) -> None:
+    def apply(self, delta: Delta, progress: Progress | None) -> set[str]:
         if progress is not None:
             stored = self._offsets.get(progress.source, Progress(progress.source)).offsets
             for part, want in progress.expected.items():
@@ -65,6 +65,9 @@ class MemoryStore:
                     )
         now = self._merge(delta)
         self._dirty |= delta.dirty
+        zsets = self._zsets
+        passed = {m for m, (key, n) in delta.gated.items() if len(zsets.get(key, ())) >= n}
+        self._dirty |= passed
         if progress is not None:
             p = self._offsets.setdefault(progress.source, Progress(progress.source))
             p.offsets.update(progress.offsets)
@@ -75,6 +78,7 @@ class MemoryStore:
         self._applies += 1
         if self._applies % _SWEEP_EVERY == 0:
             self._sweep()
+        return passed
 
     def _merge(self, delta: Delta) -> float:
         now = self._now_ts

@@ -92,8 +92,9 @@ return 0
 # writes nothing), the delta and the progress, atomically (a script runs alone, as MULTI/EXEC).
 # ARGV: n_checks, (offset_key, expected or '' for none stored)*, n_sets, (key, value)*,
 #       default_ttl, n_counters, (key, field, by)*, n_zsets, (key, ttl, cap, n, (score, member)*)*,
-#       dirty_key, n_dirty, member*.
-# Returns {} when applied, else {index of the stale check, offset stored there or ''}.
+#       dirty_key, n_dirty, member*, n_gated, (member, set key, fewest members)*.
+# Returns {0, gated member added to dirty*} when applied, else {index of the stale check, offset
+# stored there or ''}.
 _APPLY_LUA = """
 local i = 1
 local n = tonumber(ARGV[i]); i = i + 1
@@ -145,7 +146,16 @@ end
 local dirty = ARGV[i]
 n = tonumber(ARGV[i + 1]); i = i + 2
 for _ = 1, n do redis.call('SADD', dirty, ARGV[i]); i = i + 1 end
-return {}
+n = tonumber(ARGV[i]); i = i + 1
+local passed = {0}
+for _ = 1, n do
+  if redis.call('ZCARD', ARGV[i + 1]) >= tonumber(ARGV[i + 2]) then
+    redis.call('SADD', dirty, ARGV[i])
+    passed[#passed + 1] = ARGV[i]
+  end
+  i = i + 3
+end
+return passed
 """
 
 # Claims live in hashes per (time slice of the Redis clock, shard of the event id), instead of one
@@ -334,7 +344,7 @@ class RedisStore:
             out[n] = bool(flag)
         return out
 
-    def apply(self, delta: Delta, progress: Progress | None) -> None:
+    def apply(self, delta: Delta, progress: Progress | None) -> set[str]:
         args: list[Any] = []
         parts: list[int] = []
         if progress is not None:
@@ -353,14 +363,15 @@ class RedisStore:
             args += [0, 0]
         self._delta_args(args, delta)
         with self._op("apply"):
-            stale = self._apply(args=args)
-        if stale:
+            res = self._apply(args=args)
+        if res[0]:
             assert progress is not None
-            p, have = parts[int(stale[0]) - 1], _str(stale[1])
+            p, have = parts[int(res[0]) - 1], _str(res[1])
             raise StaleProgress(
                 f"partition {p} of {progress.source} is at offset {have or None}, not "
                 f"{progress.expected[p]}: another writer applied it"
             )
+        return {_str(m) for m in res[1:]}
 
     def _delta_args(self, args: list[Any], delta: Delta) -> None:
         args += [self._ttl, len(delta.counters)]
@@ -378,7 +389,9 @@ class RedisStore:
             args += [key, int(delta.ttls.get(key, self._ttl)), cap, min(cap, len(members))]
             for m, ts in items:
                 args += [repr(ts), m]
-        args += [self._keys.dirty, len(delta.dirty), *delta.dirty]
+        args += [self._keys.dirty, len(delta.dirty), *delta.dirty, len(delta.gated)]
+        for m, (key, least) in delta.gated.items():
+            args += [m, key, least]
 
     def read(self, req: Read) -> ReadResult:
         if not (req.fields or req.counts or req.members or req.hashes):

@@ -143,6 +143,23 @@ def test_dirty_entities_are_kept_until_committed_clean(store: Store) -> None:
     assert store.dirty() == {"y"}
 
 
+def test_gated_entities_turn_dirty_only_once_their_set_holds_enough_members(
+    store: Store,
+) -> None:
+    key = k(store).code_distinct("G1")
+    d = Delta()
+    d.seen(key, "a:1", 1000.0, 100)
+    d.gated = {"small": (key, 2)}
+    assert store.apply(d, None) == set()
+    assert store.dirty() == set()
+    d = Delta()
+    d.seen(key, "a:1", 1010.0, 100)  # seen again: a member once
+    d.seen(key, "a:2", 1010.0, 100)
+    d.gated = {"both": (key, 2), "three": (key, 3)}
+    assert store.apply(d, None) == {"both"}
+    assert store.dirty() == {"both"}
+
+
 def test_snapshots_are_written_only_by_the_lease_holder(store: Store) -> None:
     assert store.try_lease("models", "A", 30)
     assert not store.try_lease("models", "B", 30)
