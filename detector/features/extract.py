@@ -113,25 +113,26 @@ class Extractor:
         assert camp is not None
         ts = ev.ts
         members, mem = k.code_distinct(code), self._camp_ttl
-        delta.seen(members, "a:" + ev.account_id, ts, self._code_cap, mem)
+        # Per-entity sets are compact while they hold one member set (most are seen once).
+        delta.seen(members, "a:" + ev.account_id, ts, self._code_cap, mem, True)
         if ev.device_id is not None:
-            delta.seen(members, "d:" + ev.device_id, ts, self._code_cap, mem)
+            delta.seen(members, "d:" + ev.device_id, ts, self._code_cap, mem, True)
         if ev.ip is not None:
-            delta.seen(members, "i:" + ev.ip, ts, self._code_cap, mem)
+            delta.seen(members, "i:" + ev.ip, ts, self._code_cap, mem, True)
         created = ev.account_created_at
         if created is not None and ts - created < self._new_age:
             # New accounts get their own dimensions: a bot farm shows as many new accounts on
             # few devices even when it hides in a crowd of regular customers.
             new = k.code_new_distinct(code)
-            delta.seen(new, "A:" + ev.account_id, ts, self._new_cap)
+            delta.seen(new, "A:" + ev.account_id, ts, self._new_cap, None, True)
             if ev.device_id is not None:
-                delta.seen(new, "D:" + ev.device_id, ts, self._new_cap)
+                delta.seen(new, "D:" + ev.device_id, ts, self._new_cap, None, True)
             if ev.ip is not None:
-                delta.seen(new, "I:" + ev.ip, ts, self._new_cap)
+                delta.seen(new, "I:" + ev.ip, ts, self._new_cap, None, True)
             if ts - created < self._fresh_age:
-                delta.seen(new, "F:" + ev.account_id, ts, self._new_cap)
+                delta.seen(new, "F:" + ev.account_id, ts, self._new_cap, None, True)
         # Per campaign: harvesting shows as many codes of one campaign on one account.
-        delta.seen(k.account_codes(ev.account_id), camp + "\x1f" + code, ts, self._cap)
+        delta.seen(k.account_codes(ev.account_id), camp + "\x1f" + code, ts, self._cap, None, True)
         ck = k.campaign_counts(camp, b)
         delta.incr(ck, f"n{b}")
         if ev.discount is not None and ev.order_total:

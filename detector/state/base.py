@@ -28,6 +28,9 @@ class Delta:
     caps: dict[str, int] = field(default_factory=dict)
     # Distinct sets that live longer than the store's default retention.
     ttls: dict[str, float] = field(default_factory=dict)
+    # Per-entity sets that may live compact while they hold one member set (Redis: a field of a
+    # shared hash, see redis.py); the same set to every reader.
+    compact: set[str] = field(default_factory=set)
     dirty: set[str] = field(default_factory=set)
     # Dirty members added only if a distinct set holds at least so many members after the
     # batch: ``member -> (set key, fewest members)``. Entities whose sets are smaller cannot
@@ -38,13 +41,23 @@ class Delta:
         k = (key, fld)
         self.counters[k] = self.counters.get(k, 0.0) + by
 
-    def seen(self, key: str, member: str, ts: float, cap: int, ttl: float | None = None) -> None:
+    def seen(
+        self,
+        key: str,
+        member: str,
+        ts: float,
+        cap: int,
+        ttl: float | None = None,
+        compact: bool = False,
+    ) -> None:
         members = self.distinct.get(key)
         if members is None:
             members = self.distinct[key] = {}
             self.caps[key] = cap
             if ttl is not None:
                 self.ttls[key] = ttl
+            if compact:
+                self.compact.add(key)
         if members.get(member, -1.0) < ts:
             members[member] = ts
 
@@ -75,6 +88,9 @@ class Read:
     counts: list[tuple[str, float]] = field(default_factory=list)
     members: list[tuple[str, float]] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
+    # Sets of ``members`` that may be compact (``Delta.compact``), with the TTL they were
+    # written with (None: the store's default).
+    compact: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
