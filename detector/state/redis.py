@@ -130,7 +130,7 @@ end
 # One call per batch, one round trip: the offsets check (a writer that is not where the store is
 # writes nothing), the delta and the progress, atomically (a script runs alone, as MULTI/EXEC).
 # ARGV: n_checks, (offset_key, expected or '' for none stored)*, n_sets, (key, value)*,
-#       key prefix, default_ttl, n_counters, (key, field, by)*,
+#       key prefix, compact hash prefix, default_ttl, n_counters, (key, field, by)*,
 #       n_zsets, (key, ttl, cap, compact shard or '', n, (score, member)*)*,
 #       dirty_key, n_dirty, member*, n_gated, (member, set key, fewest members)*.
 # Returns {0, gated member added to dirty*} when applied, else {index of the stale check, offset
@@ -150,8 +150,7 @@ for _ = 1, n do
   redis.call('SET', ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-local prefix = ARGV[i]; i = i + 1
-local cprefix = prefix .. 'c:'
+local prefix, cprefix = ARGV[i], ARGV[i + 1]; i = i + 2
 local ttl = tonumber(ARGV[i]); i = i + 1
 n = tonumber(ARGV[i]); i = i + 1
 local hashes = {}
@@ -298,7 +297,7 @@ return out
 
 # One round trip and one reply for every read of a slice (a pipeline costs the client a command
 # object and a reply callback per key). ARGV: n_fields, (key, n, field*)*, n_counts,
-# (key, '(' .. since)*, key prefix, n_members, (key, since, compact shard or '', ttl)*,
+# (key, '(' .. since)*, key prefix, compact hash prefix, n_members, (key, since, compact shard or '', ttl)*,
 # n_hashes, key*. A compact set's members are read from its field when it has no key.
 _READ_LUA = (
     "#!lua flags=no-writes\n"
@@ -316,14 +315,14 @@ for _ = 1, n do
   out[#out + 1] = redis.call('ZCOUNT', ARGV[i], ARGV[i + 1], '+inf')
   i = i + 2
 end
-local prefix = ARGV[i]; i = i + 1
+local prefix, cprefix = ARGV[i], ARGV[i + 1]; i = i + 2
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   local key, since, shard = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if shard == '' or redis.call('EXISTS', key) == 1 then
     out[#out + 1] = redis.call('ZRANGEBYSCORE', key, '(' .. since, '+inf', 'WITHSCORES')
   else
-    local hs = slices(prefix .. 'c:', tonumber(ARGV[i + 3]), shard)
+    local hs = slices(cprefix, tonumber(ARGV[i + 3]), shard)
     local cur = compact_get(hs, string.sub(key, #prefix + 1))
     local rows, after = {}, tonumber(since)
     for mem, sc in pairs(cur) do
@@ -487,7 +486,7 @@ class RedisStore:
         return {_str(m) for m in res[1:]}
 
     def _delta_args(self, args: list[Any], delta: Delta) -> None:
-        args += [self._keys.prefix, self._ttl, len(delta.counters)]
+        args += [self._keys.prefix, self._keys.compact, self._ttl, len(delta.counters)]
         for (key, fld), by in delta.counters.items():
             args += [key, fld, repr(by)]
         args.append(len(delta.distinct))
@@ -523,7 +522,7 @@ class RedisStore:
         args.append(len(req.counts))
         for key, since in req.counts:
             args += [key, f"({since}"]
-        args += [self._keys.prefix, len(req.members)]
+        args += [self._keys.prefix, self._keys.compact, len(req.members)]
         for key, since in req.members:
             if key in req.compact:
                 args += [key, since, self._shard(key), self._set_ttl(req.compact[key])]
