@@ -297,8 +297,9 @@ return out
 
 # One round trip and one reply for every read of a slice (a pipeline costs the client a command
 # object and a reply callback per key). ARGV: n_fields, (key, n, field*)*, n_counts,
-# (key, '(' .. since)*, key prefix, compact hash prefix, n_members, (key, since, compact shard or '', ttl)*,
-# n_hashes, key*. A compact set's members are read from its field when it has no key.
+# (key, '(' .. since)*, key prefix, compact hash prefix, n_members,
+# (key, since, compact shard or '', ttl)*, n_hashes, key*. A compact set's members are read from
+# its field when it has no key.
 _READ_LUA = (
     "#!lua flags=no-writes\n"
     + _COMPACT_LUA
