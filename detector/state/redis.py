@@ -105,9 +105,10 @@ COMPACT_MEMBERS = 4
 # Shared by the apply and read scripts: the hashes a compact set may live in, newest first, and
 # the time the newest expires at; its members as a table (member -> score) and their count.
 _COMPACT_LUA = """
+local now_s = tonumber(redis.call('TIME')[1])
 local function slices(cprefix, ttl, shard)
   local w = math.ceil(ttl / 4)
-  local s = math.floor(tonumber(redis.call('TIME')[1]) / w)
+  local s = math.floor(now_s / w)
   local out = {}
   for x = s, s - 4, -1 do out[#out + 1] = cprefix .. ttl .. ':' .. x .. ':' .. shard end
   return out, (s + 1) * w + ttl
