@@ -43,7 +43,7 @@ from detector.models.rate import RateModel
 from detector.rules import EVENT_RULES, CampaignRate, Finding, RateObservation, RuleContext
 from detector.sinks.base import AlertSink, DeadLetterSink
 from detector.sources.base import Record
-from detector.state.base import Commit, Delta, Progress, Read, Store
+from detector.state.base import Commit, Delta, Gate, Progress, Read, Store
 from detector.state.keys import Keys
 
 log = structlog.get_logger(__name__)
@@ -213,7 +213,7 @@ class Pipeline:
         least["code"] = min(least["code"], SHARED_ACCOUNTS)
         return least
 
-    def _gate(self, ent: Entity, states: dict[str, bytes]) -> tuple[str, int] | None:
+    def _gate(self, ent: Entity, states: dict[str, bytes]) -> Gate | None:
         least = self._least.get(ent.scope)
         if least is None or any(
             episode_name(r.name, ent.key) in states for r in EVENT_RULES[ent.scope]

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import orjson
 
 from detector.events.parse import Event
-from detector.state.base import Delta
+from detector.state.base import Delta, Gate
 from detector.state.keys import Keys, standalone_campaign
 
 # Campaign code sets only need enough members to learn whether a campaign is personal.
@@ -72,17 +72,17 @@ class Extractor:
         self._new_age = new_account_age_s
         self._fresh_age = fresh_account_age_s
 
-    def gate(self, ent: Entity, count: float) -> tuple[str, int] | None:
-        """The entity's distinct set, and the fewest members it holds once the entity has
-        ``count`` distinct accounts (a code) or codes (an account); None for a campaign.
+    def gate(self, ent: Entity, count: float) -> Gate | None:
+        """What the entity's distinct set holds once the entity has ``count`` distinct accounts
+        (a code) or codes (an account); None for a campaign.
 
-        Every account of a code is at least one member of its set, every code of an account one
-        of its own. A full set (at its cap) may stand for any count.
+        Every account of a code is one ``a:`` member of its set, every code of an account one
+        member of its own. A full set (at its cap) may stand for any count.
         """
         if ent.scope == "code":
-            return self._k.code_distinct(ent.key), int(min(count, self._code_cap))
+            return Gate(self._k.code_distinct(ent.key), int(min(count, self._code_cap)), "a:")
         if ent.scope == "account":
-            return self._k.account_codes(ent.key), int(min(count, self._cap))
+            return Gate(self._k.account_codes(ent.key), int(min(count, self._cap)))
         return None
 
     def add(self, delta: Delta, events: Iterable[Event]) -> dict[Entity, float]:

@@ -14,9 +14,32 @@ transitions, model snapshots) are written by ``commit`` atomically with their ou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+# Sets of at most this many members are counted member by member by a ``Gate`` (and may live
+# compact in Redis): most codes and accounts are seen once.
+SMALL_SET = 4
+
+
+class Gate(NamedTuple):
+    """At least ``least`` members of set ``key`` start with ``prefix``: counted exactly while the
+    set has at most ``SMALL_SET`` members, bounded by its size beyond (both stores alike)."""
+
+    key: str
+    least: int
+    prefix: str = ""
+
+
+def passes(gate: Gate, members: Iterable[str], size: int) -> bool:
+    """Whether a set of ``size`` members (``members``: them, read only when the set is small)
+    passes ``gate``."""
+    if size < gate.least:
+        return False
+    if size > SMALL_SET or not gate.prefix:
+        return True
+    return sum(m.startswith(gate.prefix) for m in members) >= gate.least
 
 
 @dataclass(slots=True)
@@ -32,10 +55,10 @@ class Delta:
     # shared hash, see redis.py); the same set to every reader.
     compact: set[str] = field(default_factory=set)
     dirty: set[str] = field(default_factory=set)
-    # Dirty members added only if a distinct set holds at least so many members after the
-    # batch: ``member -> (set key, fewest members)``. Entities whose sets are smaller cannot
-    # fire any rule; they are neither marked dirty nor evaluated.
-    gated: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Dirty members added only if their gate's set may hold enough members after the batch
+    # (``Gate``). Entities whose sets are smaller cannot fire any rule: neither marked dirty nor
+    # evaluated.
+    gated: dict[str, Gate] = field(default_factory=dict)
 
     def incr(self, key: str, fld: str, by: float = 1.0) -> None:
         k = (key, fld)

@@ -21,7 +21,7 @@ import redis
 
 from detector.config import RedisConfig
 from detector.errors import StaleProgress, StoreError
-from detector.state.base import Commit, Delta, Progress, Read, ReadResult
+from detector.state.base import SMALL_SET, Commit, Delta, Progress, Read, ReadResult
 from detector.state.keys import Keys
 
 Observer = Callable[[str, float, bool], None]
@@ -96,11 +96,10 @@ return 0
 # a field written in slice s stays until s ends plus the TTL (1 to 1.25 TTLs, never less than the
 # zset's EXPIRE) and is looked up in slices s-4 to s. The field is the key without the prefix, the
 # value a MessagePack array of score, member, member..., score, member... The set is promoted to its
-# own zset when a member it does not hold arrives (or more than COMPACT_MEMBERS would), with the
+# own zset when a member it does not hold arrives (or more than SMALL_SET would), with the
 # same trims as the zset. COMPACT_SHARDS keeps 1M fields at ~60 a hash: listpacks while values
 # stay within 64 B (a code's a:/d:/i: members are ~60 B), no Redis configuration needed.
 COMPACT_SHARDS = 16384
-COMPACT_MEMBERS = 4
 
 # Shared by the apply and read scripts: the hashes a compact set may live in, newest first, and
 # the time the newest expires at; its members as a table (member -> score) and their count.
@@ -133,7 +132,7 @@ end
 # ARGV: n_checks, (offset_key, expected or '' for none stored)*, n_sets, (key, value)*,
 #       key prefix, compact hash prefix, default_ttl, n_counters, (key, field, by)*,
 #       n_zsets, (key, ttl, cap, compact shard or '', n, (score, member)*)*,
-#       dirty_key, n_dirty, member*, n_gated, (member, set key, fewest members)*.
+#       dirty_key, n_dirty, member*, n_gated, (member, set key, least, prefix)*.
 # Returns {0, gated member added to dirty*} when applied, else {index of the stale check, offset
 # stored there or ''}.
 _APPLY_LUA = (
@@ -161,7 +160,7 @@ for _ = 1, n do
   i = i + 3
 end
 for key, _ in pairs(hashes) do redis.call('EXPIRE', key, ttl) end
-local sizes = {}  -- compact sets written: their member count
+local sizes = {}  -- compact sets written: their members by score
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   local key, kttl = ARGV[i], tonumber(ARGV[i + 1])
@@ -206,7 +205,7 @@ for _ = 1, n do
       end
       redis.call('HSET', hs[1], field, cmsgpack.pack(packed))
       redis.call('EXPIREAT', hs[1], until_ts)
-      sizes[key] = size
+      sizes[key] = by
       batch = nil
     else
       batch = {}  -- promoted: the zset gets the compact members too
@@ -240,16 +239,29 @@ for _ = 1, n do redis.call('SADD', dirty, ARGV[i]); i = i + 1 end
 n = tonumber(ARGV[i]); i = i + 1
 local passed = {0}
 for _ = 1, n do
-  local size = sizes[ARGV[i + 1]] or redis.call('ZCARD', ARGV[i + 1])
-  if size >= tonumber(ARGV[i + 2]) then
+  local key, least, pre = ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local mems = {}
+  if sizes[key] then
+    for _, ms in pairs(sizes[key]) do for _, m in ipairs(ms) do mems[#mems + 1] = m end end
+  end
+  local size = sizes[key] and #mems or redis.call('ZCARD', key)
+  local ok = size >= least
+  if ok and size <= SMALL and pre ~= '' then
+    -- A small set: count its members with the prefix (accounts among a code's members).
+    if not sizes[key] then mems = redis.call('ZRANGE', key, 0, -1) end
+    local c = 0
+    for _, m in ipairs(mems) do if string.sub(m, 1, #pre) == pre then c = c + 1 end end
+    ok = c >= least
+  end
+  if ok then
     redis.call('SADD', dirty, ARGV[i])
     passed[#passed + 1] = ARGV[i]
   end
-  i = i + 3
+  i = i + 4
 end
 return passed
 """
-).replace("COMPACT)", f"{COMPACT_MEMBERS})")
+).replace("COMPACT)", f"{SMALL_SET})").replace("<= SMALL ", f"<= {SMALL_SET} ")
 
 # Claims live in hashes per (time slice of the Redis clock, shard of the event id), instead of one
 # key with its own TTL per event: a slice's hashes expire together, and the claims of one batch are
@@ -506,8 +518,8 @@ class RedisStore:
             for m, ts in items:
                 args += [repr(ts), m]
         args += [self._keys.dirty, len(delta.dirty), *delta.dirty, len(delta.gated)]
-        for m, (key, least) in delta.gated.items():
-            args += [m, key, least]
+        for m, gate in delta.gated.items():
+            args += [m, *gate]
 
     def _set_ttl(self, ttl: float | None) -> int:
         return self._ttl if ttl is None else max(1, int(ttl))

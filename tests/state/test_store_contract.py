@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from detector.errors import StaleProgress
-from detector.state.base import AlertChange, Commit, Delta, Progress, Read, Store
+from detector.state.base import AlertChange, Commit, Delta, Gate, Progress, Read, Store
 from detector.state.keys import Keys
 from detector.state.memory import MemoryStore
 from detector.state.redis import RedisStore
@@ -149,13 +149,13 @@ def test_gated_entities_turn_dirty_only_once_their_set_holds_enough_members(
     key = k(store).code_distinct("G1")
     d = Delta()
     d.seen(key, "a:1", 1000.0, 100)
-    d.gated = {"small": (key, 2)}
+    d.gated = {"small": Gate(key, 2)}
     assert store.apply(d, None) == set()
     assert store.dirty() == set()
     d = Delta()
     d.seen(key, "a:1", 1010.0, 100)  # seen again: a member once
     d.seen(key, "a:2", 1010.0, 100)
-    d.gated = {"both": (key, 2), "three": (key, 3)}
+    d.gated = {"both": Gate(key, 2), "three": Gate(key, 3)}
     assert store.apply(d, None) == {"both"}
     assert store.dirty() == {"both"}
 
@@ -228,7 +228,7 @@ def test_a_compact_set_counts_for_the_dirty_gate(store: Store) -> None:
     d = Delta()
     d.seen(key, "a:1", 1000.0, 100, None, True)
     d.seen(key, "d:1", 1000.0, 100, None, True)
-    d.gated = {"two": (key, 2), "three": (key, 3)}
+    d.gated = {"two": Gate(key, 2), "three": Gate(key, 3)}
     assert store.apply(d, None) == {"two"}
 
 
@@ -240,3 +240,22 @@ def test_a_stale_writer_leaves_no_compact_set_behind(store: Store) -> None:
     with pytest.raises(StaleProgress):
         store.apply(d, Progress("src", {0: 20}, {}, {0: 5}))
     assert _members(store, key) == []
+
+
+def test_a_prefixed_gate_counts_the_members_of_a_small_set_and_bounds_a_large_one(
+    store: Store,
+) -> None:
+    small, large = k(store).code_distinct("P1"), k(store).code_distinct("P2")
+    d = Delta()
+    for m in ("a:1", "d:1", "i:1"):  # one account, its device and IP
+        d.seen(small, m, 1000.0, 100, None, True)
+    for i in range(3):  # one account on 5 devices: too many members to count
+        d.seen(large, f"d:{i}", 1000.0, 100, None, True)
+    d.seen(large, "a:1", 1000.0, 100, None, True)
+    d.seen(large, "i:1", 1000.0, 100, None, True)
+    d.gated = {"small": Gate(small, 2, "a:"), "large": Gate(large, 2, "a:")}
+    assert store.apply(d, None) == {"large"}
+    d = Delta()
+    d.seen(small, "a:2", 1010.0, 100, None, True)
+    d.gated = {"second account": Gate(small, 2, "a:")}
+    assert store.apply(d, None) == {"second account"}
