@@ -20,6 +20,9 @@ from detector.state.keys import Keys, standalone_campaign
 CAMPAIGN_CODES_CAP = 5000
 # A campaign's last redemptions, for spotting a discount change within a couple of orders.
 RECENT_RATIOS = 8
+# The member a code's set holds per account (besides ``d:`` / ``i:`` ones): how ``gate`` counts
+# a code's accounts.
+ACCOUNT_MEMBER = "a:"
 
 
 class Entity(NamedTuple):
@@ -76,11 +79,12 @@ class Extractor:
         """What the entity's distinct set holds once the entity has ``count`` distinct accounts
         (a code) or codes (an account); None for a campaign.
 
-        Every account of a code is one ``a:`` member of its set, every code of an account one
-        member of its own. A full set (at its cap) may stand for any count.
+        Every account of a code is one ``ACCOUNT_MEMBER`` member of its set, every code of an
+        account one member of its own. A full set (at its cap) may stand for any count.
         """
         if ent.scope == "code":
-            return Gate(self._k.code_distinct(ent.key), int(min(count, self._code_cap)), "a:")
+            least = int(min(count, self._code_cap))
+            return Gate(self._k.code_distinct(ent.key), least, ACCOUNT_MEMBER)
         if ent.scope == "account":
             return Gate(self._k.account_codes(ent.key), int(min(count, self._cap)))
         return None
@@ -114,7 +118,7 @@ class Extractor:
         ts = ev.ts
         members, mem = k.code_distinct(code), self._camp_ttl
         # Per-entity sets are compact while they hold one member set (most are seen once).
-        delta.seen(members, "a:" + ev.account_id, ts, self._code_cap, mem, True)
+        delta.seen(members, ACCOUNT_MEMBER + ev.account_id, ts, self._code_cap, mem, True)
         if ev.device_id is not None:
             delta.seen(members, "d:" + ev.device_id, ts, self._code_cap, mem, True)
         if ev.ip is not None:
