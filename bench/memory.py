@@ -402,19 +402,34 @@ def key_breakdown(r: redis.Redis, prefix: str, pool: int) -> dict[str, Any]:
             "present": len(sizes),
             "mean_bytes": round(sum(sizes) / len(sizes), 1) if sizes else 0.0,
         }
-    claim_keys = list(r.scan_iter(match=f"{prefix}e:*", count=1000))
-    pipe = r.pipeline(transaction=False)
-    for k in claim_keys:
-        pipe.execute_command("MEMORY", "USAGE", k, "SAMPLES", "0")
-        pipe.hlen(k)
-    res = pipe.execute()
-    total, claims = sum(int(x or 0) for x in res[0::2]), sum(int(x) for x in res[1::2])
-    out["e (dedupe claims, per claim)"] = {
-        "keys": len(claim_keys),
-        "claims": claims,
-        "mean_bytes": round(total / claims, 1) if claims else 0.0,
-    }
+    out["e (dedupe claims, per claim)"] = _per_field(r, f"{prefix}e:*")
+    out["c (compact sets seen once, per set)"] = _per_field(r, f"{prefix}c:*")
     return out
+
+
+def _per_field(r: redis.Redis, match: str) -> dict[str, Any]:
+    """``MEMORY USAGE`` of every hash matching ``match`` over the fields they hold."""
+    keys = list(r.scan_iter(match=match, count=1000))
+    total = fields = 0
+    encodings: dict[str, int] = {}
+    for i in range(0, len(keys), 1000):
+        pipe = r.pipeline(transaction=False)
+        for k in keys[i : i + 1000]:
+            pipe.execute_command("MEMORY", "USAGE", k, "SAMPLES", "0")
+            pipe.hlen(k)
+            pipe.object("encoding", k)
+        res = pipe.execute()
+        total += sum(int(x or 0) for x in res[0::3])
+        fields += sum(int(x) for x in res[1::3])
+        for e in res[2::3]:
+            name = e.decode() if isinstance(e, bytes) else str(e)
+            encodings[name] = encodings.get(name, 0) + 1
+    return {
+        "keys": len(keys),
+        "fields": fields,
+        "encodings": encodings,
+        "mean_bytes": round(total / fields, 1) if fields else 0.0,
+    }
 
 
 @dataclass

@@ -43,7 +43,7 @@ from detector.models.rate import RateModel
 from detector.rules import EVENT_RULES, CampaignRate, Finding, RateObservation, RuleContext
 from detector.sinks.base import AlertSink, DeadLetterSink
 from detector.sources.base import Record
-from detector.state.base import Commit, Delta, Progress, Read, Store
+from detector.state.base import Commit, Delta, Gate, Progress, Read, Store
 from detector.state.keys import Keys
 
 log = structlog.get_logger(__name__)
@@ -51,6 +51,8 @@ log = structlog.get_logger(__name__)
 MODELS_LEASE = "models"
 CLOCK_SNAPSHOT = "__clock__"
 _MAX_SLICE = 5000
+# A code with this many accounts is marked shared in its campaign (personal_norm counts them).
+SHARED_ACCOUNTS = 2
 
 
 @dataclass(slots=True)
@@ -61,6 +63,8 @@ class Stats:
     ok: int = 0
     late: int = 0
     duplicate: int = 0
+    # Touched codes and accounts not evaluated: their sets are below every rule's least.
+    pruned: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     alerts: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
@@ -152,6 +156,7 @@ class Pipeline:
             self.keys, w.recent_s, w.short_s, w.long_s, cfg.memory_retention_s
         )
         self.lifecycle = Lifecycle(cfg)
+        self._least = self._minimums()
         self.rate_rule = CampaignRate()
         self._zone = ZoneInfo(w.time_zone)
         self._badlog = _RateLimitedLog()
@@ -194,6 +199,27 @@ class Pipeline:
         """Apply a reloaded config (live keys only: the caller rejects restart-only changes)."""
         self.cfg = cfg
         self.lifecycle = Lifecycle(cfg)
+        self._least = self._minimums()
+
+    def _minimums(self) -> dict[str, float]:
+        """Per scope, the fewest accounts (codes) or codes (accounts) worth evaluating.
+
+        Below every rule's least an entity cannot fire, so it is not evaluated at all. Not
+        with an observer: it sees every entity's figures (backtest plots).
+        """
+        if self.observer is not None:
+            return {}
+        least = {s: min(r.least(self.cfg) for r in EVENT_RULES[s]) for s in ("code", "account")}
+        least["code"] = min(least["code"], SHARED_ACCOUNTS)
+        return least
+
+    def _gate(self, ent: Entity, states: dict[str, bytes]) -> Gate | None:
+        least = self._least.get(ent.scope)
+        if least is None or any(
+            episode_name(r.name, ent.key) in states for r in EVENT_RULES[ent.scope]
+        ):
+            return None  # an open episode is evaluated: it may clear
+        return self.extractor.gate(ent, least)
 
     def _ctx(self) -> RuleContext:
         return RuleContext(self.cfg, self._ratio_baseline)
@@ -520,11 +546,24 @@ class Pipeline:
         new_events = list(compress(fresh, flags))
         dup = len(fresh) - len(new_events)
         touched = self.extractor.add(delta, new_events)
-        delta.dirty = {e.encode(t) for e, t in touched.items()}
+        states = self._alert_states() if self._least and touched else {}
+        gated: dict[str, Entity] = {}
+        for ent, t in touched.items():
+            member = ent.encode(t)
+            gate = self._gate(ent, states)
+            if gate is None:
+                delta.dirty.add(member)
+            else:
+                delta.gated[member] = gate
+                gated[member] = ent
         maxes = {p: self._max_ts[p] for p in offsets if p in self._max_ts}
         expected = {p: self._applied.get(p) for p in offsets}
-        self.store.apply(delta, Progress(src, offsets, maxes, expected))
+        passed = self.store.apply(delta, Progress(src, offsets, maxes, expected))
         self._applied.update(offsets)
+        for member, ent in gated.items():
+            if member not in passed:
+                del touched[ent]
+        self.stats.pruned += len(gated) - len(passed)
         ok = len(fresh) - dup
         m = self.metrics
         m.events.labels("ok").inc(ok)
@@ -582,7 +621,8 @@ class Pipeline:
 
     def _mark_shared(self, f: Features, marks: Delta) -> None:
         ent = f.entity
-        if ent.scope == "code" and ent.campaign is not None and f.accounts.get("memory", 0) >= 2:
+        shared = f.accounts.get("memory", 0) >= SHARED_ACCOUNTS
+        if ent.scope == "code" and ent.campaign is not None and shared:
             marks.seen(
                 self.keys.campaign_shared(ent.campaign),
                 ent.key,

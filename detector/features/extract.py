@@ -13,13 +13,16 @@ from typing import NamedTuple
 import orjson
 
 from detector.events.parse import Event
-from detector.state.base import Delta
+from detector.state.base import Delta, Gate
 from detector.state.keys import Keys, standalone_campaign
 
 # Campaign code sets only need enough members to learn whether a campaign is personal.
 CAMPAIGN_CODES_CAP = 5000
 # A campaign's last redemptions, for spotting a discount change within a couple of orders.
 RECENT_RATIOS = 8
+# The member a code's set holds per account (besides ``d:`` / ``i:`` ones): how ``gate`` counts
+# a code's accounts.
+ACCOUNT_MEMBER = "a:"
 
 
 class Entity(NamedTuple):
@@ -72,6 +75,20 @@ class Extractor:
         self._new_age = new_account_age_s
         self._fresh_age = fresh_account_age_s
 
+    def gate(self, ent: Entity, count: float) -> Gate | None:
+        """What the entity's distinct set holds once the entity has ``count`` distinct accounts
+        (a code) or codes (an account); None for a campaign.
+
+        Every account of a code is one ``ACCOUNT_MEMBER`` member of its set, every code of an
+        account one member of its own. A full set (at its cap) may stand for any count.
+        """
+        if ent.scope == "code":
+            least = int(min(count, self._code_cap))
+            return Gate(self._k.code_distinct(ent.key), least, ACCOUNT_MEMBER)
+        if ent.scope == "account":
+            return Gate(self._k.account_codes(ent.key), int(min(count, self._cap)))
+        return None
+
     def add(self, delta: Delta, events: Iterable[Event]) -> dict[Entity, float]:
         """Add a slice's new events; return the entities they touched, each with its newest ts.
 
@@ -100,25 +117,26 @@ class Extractor:
         assert camp is not None
         ts = ev.ts
         members, mem = k.code_distinct(code), self._camp_ttl
-        delta.seen(members, "a:" + ev.account_id, ts, self._code_cap, mem)
+        # Per-entity sets are compact while they hold one member set (most are seen once).
+        delta.seen(members, ACCOUNT_MEMBER + ev.account_id, ts, self._code_cap, mem, True)
         if ev.device_id is not None:
-            delta.seen(members, "d:" + ev.device_id, ts, self._code_cap, mem)
+            delta.seen(members, "d:" + ev.device_id, ts, self._code_cap, mem, True)
         if ev.ip is not None:
-            delta.seen(members, "i:" + ev.ip, ts, self._code_cap, mem)
+            delta.seen(members, "i:" + ev.ip, ts, self._code_cap, mem, True)
         created = ev.account_created_at
         if created is not None and ts - created < self._new_age:
             # New accounts get their own dimensions: a bot farm shows as many new accounts on
             # few devices even when it hides in a crowd of regular customers.
             new = k.code_new_distinct(code)
-            delta.seen(new, "A:" + ev.account_id, ts, self._new_cap)
+            delta.seen(new, "A:" + ev.account_id, ts, self._new_cap, None, True)
             if ev.device_id is not None:
-                delta.seen(new, "D:" + ev.device_id, ts, self._new_cap)
+                delta.seen(new, "D:" + ev.device_id, ts, self._new_cap, None, True)
             if ev.ip is not None:
-                delta.seen(new, "I:" + ev.ip, ts, self._new_cap)
+                delta.seen(new, "I:" + ev.ip, ts, self._new_cap, None, True)
             if ts - created < self._fresh_age:
-                delta.seen(new, "F:" + ev.account_id, ts, self._new_cap)
+                delta.seen(new, "F:" + ev.account_id, ts, self._new_cap, None, True)
         # Per campaign: harvesting shows as many codes of one campaign on one account.
-        delta.seen(k.account_codes(ev.account_id), camp + "\x1f" + code, ts, self._cap)
+        delta.seen(k.account_codes(ev.account_id), camp + "\x1f" + code, ts, self._cap, None, True)
         ck = k.campaign_counts(camp, b)
         delta.incr(ck, f"n{b}")
         if ev.discount is not None and ev.order_total:

@@ -79,9 +79,14 @@ class FeatureReader:
             pl = _Plan(Features(ent, t))
             if ent.scope == "code":
                 pl.members = len(req.members)
-                req.members.append((k.code_distinct(ent.key), t - self._w["memory"]))
+                # Compact sets, with the TTLs the extractor writes them with.
+                u = k.code_distinct(ent.key)
+                req.members.append((u, t - self._w["memory"]))
+                req.compact[u] = self._camp_mem
                 pl.new_members = len(req.members)
-                req.members.append((k.code_new_distinct(ent.key), t - self._w["short"]))
+                v = k.code_new_distinct(ent.key)
+                req.members.append((v, t - self._w["short"]))
+                req.compact[v] = None
                 if ent.campaign is not None:
                     # Per bucket, so that the codes of one campaign share one count.
                     remembered = k.bucket(t) * k.bucket_s - self._camp_mem
@@ -94,7 +99,9 @@ class FeatureReader:
                         count_ix.append(count_at[q])
             elif ent.scope == "account":
                 pl.members = len(req.members)
-                req.members.append((k.account_codes(ent.key), t - self._w["long"]))
+                a = k.account_codes(ent.key)
+                req.members.append((a, t - self._w["long"]))
+                req.compact[a] = None
             elif ent.scope == "campaign":
                 pl.members = len(req.members)
                 req.members.append((k.campaign_ratios(ent.key), t - self._w["short"]))

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from detector.config import AccountStackingRule
+import math
+
+from detector.config import AccountStackingRule, Config
 from detector.features.view import Features
-from detector.rules.base import Finding, RuleContext, window_label
+from detector.rules.base import Finding, RuleContext, variants, window_label
 
 
 class AccountStacking:
     name = "account_stacking"
     scope = "account"
+
+    def least(self, cfg: Config) -> float:
+        fewest = [c.min_codes for c in variants(cfg, self.name) if c.enabled]
+        return min(fewest, default=math.inf)
 
     def evaluate(self, f: Features, ctx: RuleContext) -> Finding | None:
         cfg: AccountStackingRule = ctx.cfg.rules.account_stacking

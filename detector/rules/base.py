@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from detector.config import Config, Severity
 from detector.features.view import Features
@@ -45,6 +45,20 @@ class Rule(Protocol):
     def evaluate(self, f: Features, ctx: RuleContext) -> Finding | None:
         """The finding when the condition holds at ``f.t``, else None."""
         ...
+
+    def least(self, cfg: Config) -> float:
+        """The fewest distinct accounts (code rules) or codes (account rules) the entity has
+        when the rule fires, under any campaign's overrides (inf when it cannot fire).
+
+        The pipeline does not evaluate an entity whose sets are smaller than every rule's least
+        (and that has no open episode): ``evaluate`` must return None below it.
+        """
+        ...
+
+
+def variants(cfg: Config, rule: str) -> list[Any]:
+    """The rule's config, and each one with a campaign's overrides applied."""
+    return [getattr(cfg.rules, rule)] + [cfg.rule_for(rule, c) for c in cfg.campaigns]
 
 
 def window_label(seconds: int) -> str:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from detector.config import BotFarmRule
+import math
+
+from detector.config import BotFarmRule, Config
 from detector.features.view import Features
-from detector.rules.base import Finding, RuleContext, window_label
+from detector.rules.base import Finding, RuleContext, variants, window_label
 from detector.rules.code_shared import personal_norm
 
 
 class BotFarm:
     name = "bot_farm"
     scope = "code"
+
+    def least(self, cfg: Config) -> float:
+        # Fresh accounts are new ones, and new ones are accounts of the code.
+        fewest = [
+            min(c.min_new_accounts, c.min_fresh_accounts)
+            for c in variants(cfg, self.name)
+            if c.enabled
+        ]
+        return min(fewest, default=math.inf)
 
     def evaluate(self, f: Features, ctx: RuleContext) -> Finding | None:
         cfg: BotFarmRule = ctx.cfg.rule_for(self.name, f.entity.campaign)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from detector.config import CodeSharedRule
+import math
+
+from detector.config import CodeSharedRule, Config
 from detector.features.view import Features
-from detector.rules.base import Finding, RuleContext, window_label
+from detector.rules.base import Finding, RuleContext, variants, window_label
 from detector.state.keys import standalone_campaign
 
 
@@ -35,6 +37,14 @@ def personal_norm(f: Features, ctx: RuleContext) -> str | None:
 class CodeShared:
     name = "code_shared"
     scope = "code"
+
+    def least(self, cfg: Config) -> float:
+        fewest = [
+            min(c.min_accounts, 2) if c.second_household else c.min_accounts
+            for c in variants(cfg, self.name)
+            if c.enabled
+        ]
+        return min(fewest, default=math.inf)
 
     def evaluate(self, f: Features, ctx: RuleContext) -> Finding | None:
         code, camp = f.entity.key, f.entity.campaign

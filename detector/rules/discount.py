@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from detector.config import DiscountAnomalyRule
+from detector.config import Config, DiscountAnomalyRule
 from detector.features.view import Features
 from detector.rules.base import Finding, RuleContext
 
@@ -12,6 +12,9 @@ from detector.rules.base import Finding, RuleContext
 class DiscountAnomaly:
     name = "discount_anomaly"
     scope = "campaign"
+
+    def least(self, cfg: Config) -> float:
+        return 0.0  # campaigns are few: always evaluated
 
     def evaluate(self, f: Features, ctx: RuleContext) -> Finding | None:
         camp = f.entity.key

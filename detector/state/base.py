@@ -14,9 +14,32 @@ transitions, model snapshots) are written by ``commit`` atomically with their ou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+# Sets of at most this many members are counted member by member by a ``Gate`` (and may live
+# compact in Redis): most codes and accounts are seen once.
+SMALL_SET = 4
+
+
+class Gate(NamedTuple):
+    """At least ``least`` members of set ``key`` start with ``prefix``: counted exactly while the
+    set has at most ``SMALL_SET`` members, bounded by its size beyond (both stores alike)."""
+
+    key: str
+    least: int
+    prefix: str = ""
+
+
+def passes(gate: Gate, members: Iterable[str], size: int) -> bool:
+    """Whether a set of ``size`` members (``members``: them, read only when the set is small)
+    passes ``gate``."""
+    if size < gate.least:
+        return False
+    if size > SMALL_SET or not gate.prefix:
+        return True
+    return sum(m.startswith(gate.prefix) for m in members) >= gate.least
 
 
 @dataclass(slots=True)
@@ -28,19 +51,36 @@ class Delta:
     caps: dict[str, int] = field(default_factory=dict)
     # Distinct sets that live longer than the store's default retention.
     ttls: dict[str, float] = field(default_factory=dict)
+    # Per-entity sets that may live compact while they hold one member set (Redis: a field of a
+    # shared hash, see redis.py); the same set to every reader.
+    compact: set[str] = field(default_factory=set)
     dirty: set[str] = field(default_factory=set)
+    # Dirty members added only if their gate's set may hold enough members after the batch
+    # (``Gate``). Entities whose sets are smaller cannot fire any rule: neither marked dirty nor
+    # evaluated.
+    gated: dict[str, Gate] = field(default_factory=dict)
 
     def incr(self, key: str, fld: str, by: float = 1.0) -> None:
         k = (key, fld)
         self.counters[k] = self.counters.get(k, 0.0) + by
 
-    def seen(self, key: str, member: str, ts: float, cap: int, ttl: float | None = None) -> None:
+    def seen(
+        self,
+        key: str,
+        member: str,
+        ts: float,
+        cap: int,
+        ttl: float | None = None,
+        compact: bool = False,
+    ) -> None:
         members = self.distinct.get(key)
         if members is None:
             members = self.distinct[key] = {}
             self.caps[key] = cap
             if ttl is not None:
                 self.ttls[key] = ttl
+            if compact:
+                self.compact.add(key)
         if members.get(member, -1.0) < ts:
             members[member] = ts
 
@@ -71,6 +111,9 @@ class Read:
     counts: list[tuple[str, float]] = field(default_factory=list)
     members: list[tuple[str, float]] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
+    # Sets of ``members`` that may be compact (``Delta.compact``), with the TTL they were
+    # written with (None: the store's default).
+    compact: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -118,8 +161,11 @@ class Store(Protocol):
         """
         ...
 
-    def apply(self, delta: Delta, progress: Progress | None) -> None:
-        """Write a batch's delta and its progress atomically (or raise ``StaleProgress``)."""
+    def apply(self, delta: Delta, progress: Progress | None) -> set[str]:
+        """Write a batch's delta and its progress atomically (or raise ``StaleProgress``).
+
+        Returns the members of ``delta.gated`` whose set reached its size (now dirty).
+        """
         ...
 
     def read(self, req: Read) -> ReadResult: ...

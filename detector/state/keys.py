@@ -7,9 +7,10 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 
 | key | type | content | TTL |
 |---|---|---|---|
-| ``u:{code}`` | zset | ``a:{account}``, ``d:{device}``, ``i:{ip}`` -> last event time (capped) | memory |
-| ``v:{code}`` | zset | the same for new accounts only: ``A:``, ``D:``, ``I:``; ``F:{account}`` for fresh ones (capped) | retention |
-| ``a:{account}`` | zset | ``{campaign}\x1f{code}`` redeemed -> last event time | retention |
+| ``u:{code}`` | zset | ``a:{account}``, ``d:{device}``, ``i:{ip}`` -> last event time (capped); compact until a second member set | memory |
+| ``v:{code}`` | zset | the same for new accounts only: ``A:``, ``D:``, ``I:``; ``F:{account}`` for fresh ones (capped); compact too | retention |
+| ``a:{account}`` | zset | ``{campaign}\x1f{code}`` redeemed -> last event time; compact too | retention |
+| ``c:{ttl}:{slice}:{shard}`` | hash | compact sets: ``u:{code}`` / ``v:{code}`` / ``a:{account}`` -> MessagePack ``[score, member..., score, member...]`` | slice end + ``{ttl}`` |
 | ``g:{campaign}:{seg}`` | hash | per bucket: ``n{b}`` redemptions; over those with a discount and a total: ``s{b}`` discount sum, ``q{b}`` count, ``r{b}`` sum and ``x{b}`` sum of squares of discount/total | retention |
 | ``dr:{campaign}`` | zset | the last few redemptions' ``{discount/total}\x1f{event_id}`` -> event time | retention |
 | ``gc:{campaign}`` | zset | codes redeemed -> last event time (capped) | memory |
@@ -33,6 +34,17 @@ let a duplicate of a redelivered record count as new). A claim is kept 1 to 1.25
 looked up in the current slice and the four before. A shard hash is a compact listpack up to 128
 claims (~30 B each), a hashtable beyond (~75 B each), against ~200 B for a key per event with its
 own TTL. The in-memory store keeps plain ``event_id -> position`` entries, expired by event time.
+
+Compact sets (``c:``): a ``u:``, ``v:`` or ``a:`` set that has only ever held one member set (at most 4
+members, e.g. the account, device and IP of a code redeemed once; re-seeing the same members keeps
+it compact) is a field of a shared hash instead of a key: ``{ttl}`` is the set's TTL in seconds,
+``{slice}`` ``floor(redis_time / ceil(ttl / 4))``, ``{shard}`` CRC32 of the set's key modulo 16384.
+A field is kept 1 to 1.25 TTLs and looked up in the current slice and the four before, only when
+the set's own key does not exist. The first member outside the set promotes it: the field is
+deleted and its members go to the zset with the new ones, in the same script. Trims (relative to
+the newest member) and caps are the zset's. At 1M codes seen once a shard hash holds ~60 fields of
+~60 B: a compact listpack (hash-max-listpack-entries 128, -value 64: Redis defaults). The in-memory
+store has no such layout: its dicts cost the same either way.
 
 Campaign ``~{code}`` stands for a code without ``campaign_id``: each such code is its own campaign
 for campaign-level counters and the discount rule.
@@ -85,6 +97,11 @@ class Keys:
 
     def campaign_volume(self, bucket: int) -> str:
         return f"{self.prefix}cv:{self.seg(bucket)}"
+
+    @property
+    def compact(self) -> str:
+        """The prefix of the compact-set hashes ``c:{ttl}:{slice}:{shard}`` (built in Lua)."""
+        return f"{self.prefix}c:"
 
     @property
     def claims(self) -> str:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from detector.errors import StaleProgress
-from detector.state.base import Commit, Delta, Progress, Read, ReadResult
+from detector.state.base import Commit, Delta, Progress, Read, ReadResult, passes
 from detector.state.keys import Keys
 
 _SWEEP_EVERY = 256
@@ -54,7 +54,7 @@ class MemoryStore:
                 out.append(False)
         return out
 
-    def apply(self, delta: Delta, progress: Progress | None) -> None:
+    def apply(self, delta: Delta, progress: Progress | None) -> set[str]:
         if progress is not None:
             stored = self._offsets.get(progress.source, Progress(progress.source)).offsets
             for part, want in progress.expected.items():
@@ -65,6 +65,12 @@ class MemoryStore:
                     )
         now = self._merge(delta)
         self._dirty |= delta.dirty
+        passed = set()
+        for m, gate in delta.gated.items():
+            z = self._zsets.get(gate.key, {})
+            if passes(gate, z, len(z)):
+                passed.add(m)
+        self._dirty |= passed
         if progress is not None:
             p = self._offsets.setdefault(progress.source, Progress(progress.source))
             p.offsets.update(progress.offsets)
@@ -75,6 +81,7 @@ class MemoryStore:
         self._applies += 1
         if self._applies % _SWEEP_EVERY == 0:
             self._sweep()
+        return passed
 
     def _merge(self, delta: Delta) -> float:
         now = self._now_ts

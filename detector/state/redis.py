@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -20,7 +21,7 @@ import redis
 
 from detector.config import RedisConfig
 from detector.errors import StaleProgress, StoreError
-from detector.state.base import Commit, Delta, Progress, Read, ReadResult
+from detector.state.base import SMALL_SET, Commit, Delta, Progress, Read, ReadResult
 from detector.state.keys import Keys
 
 Observer = Callable[[str, float, bool], None]
@@ -88,13 +89,55 @@ end
 return 0
 """
 
+# Compact sets: a per-entity distinct set holding one member set (one event's account, device and
+# IP, say: most codes and accounts are seen once) lives as a field of a shared hash instead of a
+# key of its own (~200 B of key, TTL and zset overhead). The hashes are per time slice of the Redis
+# clock, as the claims: ``c:{ttl}:{slice}:{shard}``, a slice lasting a quarter of the set's TTL, so
+# a field written in slice s stays until s ends plus the TTL (1 to 1.25 TTLs, never less than the
+# zset's EXPIRE) and is looked up in slices s-4 to s. The field is the key without the prefix, the
+# value a MessagePack array of score, member, member..., score, member... The set is promoted to its
+# own zset when a member it does not hold arrives (or more than SMALL_SET would), with the
+# same trims as the zset. COMPACT_SHARDS keeps 1M fields at ~60 a hash: listpacks while values
+# stay within 64 B (a code's a:/d:/i: members are ~60 B), no Redis configuration needed.
+COMPACT_SHARDS = 16384
+
+# Shared by the apply and read scripts: the hashes a compact set may live in, newest first, and
+# the time the newest expires at; its members as a table (member -> score) and their count.
+_COMPACT_LUA = """
+local now_s = tonumber(redis.call('TIME')[1])
+local function slices(cprefix, ttl, shard)
+  local w = math.ceil(ttl / 4)
+  local s = math.floor(now_s / w)
+  local out = {}
+  for x = s, s - 4, -1 do out[#out + 1] = cprefix .. ttl .. ':' .. x .. ':' .. shard end
+  return out, (s + 1) * w + ttl
+end
+local function compact_get(hs, field)
+  for x = 1, #hs do
+    local v = redis.call('HGET', hs[x], field)
+    if v then
+      local t, cur, n, score = cmsgpack.unpack(v), {}, 0, 0
+      for j = 1, #t do
+        if type(t[j]) == 'number' then score = t[j] else cur[t[j]] = score; n = n + 1 end
+      end
+      return cur, n, x
+    end
+  end
+  return {}, 0, nil
+end
+"""
+
 # One call per batch, one round trip: the offsets check (a writer that is not where the store is
 # writes nothing), the delta and the progress, atomically (a script runs alone, as MULTI/EXEC).
 # ARGV: n_checks, (offset_key, expected or '' for none stored)*, n_sets, (key, value)*,
-#       default_ttl, n_counters, (key, field, by)*, n_zsets, (key, ttl, cap, n, (score, member)*)*,
-#       dirty_key, n_dirty, member*.
-# Returns {} when applied, else {index of the stale check, offset stored there or ''}.
-_APPLY_LUA = """
+#       key prefix, compact hash prefix, default_ttl, n_counters, (key, field, by)*,
+#       n_zsets, (key, ttl, cap, compact shard or '', n, (score, member)*)*,
+#       dirty_key, n_dirty, member*, n_gated, (member, set key, least, prefix)*.
+# Returns {0, gated member added to dirty*} when applied, else {index of the stale check, offset
+# stored there or ''}.
+_APPLY_LUA = (
+    _COMPACT_LUA
+    + """
 local i = 1
 local n = tonumber(ARGV[i]); i = i + 1
 for c = 1, n do
@@ -107,6 +150,7 @@ for _ = 1, n do
   redis.call('SET', ARGV[i], ARGV[i + 1])
   i = i + 2
 end
+local prefix, cprefix = ARGV[i], ARGV[i + 1]; i = i + 2
 local ttl = tonumber(ARGV[i]); i = i + 1
 n = tonumber(ARGV[i]); i = i + 1
 local hashes = {}
@@ -116,37 +160,108 @@ for _ = 1, n do
   i = i + 3
 end
 for key, _ in pairs(hashes) do redis.call('EXPIRE', key, ttl) end
+local sizes = {}  -- compact sets written: their members by score
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   local key, kttl = ARGV[i], tonumber(ARGV[i + 1])
-  local cap, m = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  i = i + 4
-  local args, latest = {'ZADD', key, 'GT'}, -math.huge
-  for _ = 1, m do
-    local s = tonumber(ARGV[i])
-    if s > latest then latest = s end
-    args[#args + 1] = ARGV[i]
-    args[#args + 1] = ARGV[i + 1]
-    i = i + 2
-    if #args >= 2003 then  -- unpack() has a stack limit: add in chunks
-      redis.call(unpack(args))
-      args = {'ZADD', key, 'GT'}
+  local cap, shard, m = tonumber(ARGV[i + 2]), ARGV[i + 3], tonumber(ARGV[i + 4])
+  i = i + 5
+  local batch = {}
+  for j = 0, m - 1 do batch[#batch + 1] = {tonumber(ARGV[i + 2 * j]), ARGV[i + 2 * j + 1]} end
+  i = i + 2 * m
+  if shard ~= '' and redis.call('EXISTS', key) == 0 then
+    local hs, until_ts = slices(cprefix, kttl, shard)
+    local field = string.sub(key, #prefix + 1)
+    local cur, size, at = compact_get(hs, field)
+    local grown = false
+    for _, sm in ipairs(batch) do
+      local had = cur[sm[2]]
+      if had == nil then
+        grown = grown or at ~= nil
+        size = size + 1
+        cur[sm[2]] = sm[1]
+      elseif sm[1] > had then
+        cur[sm[2]] = sm[1]
+      end
+    end
+    local keep = not grown and size <= math.min(cap, COMPACT)
+    if at and (at > 1 or not keep) then redis.call('HDEL', hs[at], field) end
+    if keep then
+      -- Trim relative to the newest member, as the zset below.
+      local latest, by = -math.huge, {}
+      for _, sc in pairs(cur) do if sc > latest then latest = sc end end
+      size = 0
+      for mem, sc in pairs(cur) do
+        if sc >= latest - kttl then
+          by[sc] = by[sc] or {}
+          table.insert(by[sc], mem)
+          size = size + 1
+        end
+      end
+      local packed = {}
+      for sc, mems in pairs(by) do
+        packed[#packed + 1] = sc
+        for _, mem in ipairs(mems) do packed[#packed + 1] = mem end
+      end
+      redis.call('HSET', hs[1], field, cmsgpack.pack(packed))
+      redis.call('EXPIREAT', hs[1], until_ts)
+      sizes[key] = by
+      batch = nil
+    else
+      batch = {}  -- promoted: the zset gets the compact members too
+      for mem, sc in pairs(cur) do batch[#batch + 1] = {sc, mem} end
     end
   end
-  if #args > 3 then redis.call(unpack(args)) end
-  -- Trim relative to the set's newest member, not the batch's: the same set whatever order
-  -- batches arrive in (instances of a group apply one bucket's partitions in any order).
-  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
-  if top and tonumber(top) > latest then latest = tonumber(top) end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (latest - kttl))
-  redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
-  redis.call('EXPIRE', key, kttl)
+  if batch then
+    local args, latest = {'ZADD', key, 'GT'}, -math.huge
+    for _, sm in ipairs(batch) do
+      if sm[1] > latest then latest = sm[1] end
+      args[#args + 1] = string.format('%.17g', sm[1])
+      args[#args + 1] = sm[2]
+      if #args >= 2003 then  -- unpack() has a stack limit: add in chunks
+        redis.call(unpack(args))
+        args = {'ZADD', key, 'GT'}
+      end
+    end
+    if #args > 3 then redis.call(unpack(args)) end
+    -- Trim relative to the set's newest member, not the batch's: the same set whatever order
+    -- batches arrive in (instances of a group apply one bucket's partitions in any order).
+    local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+    if top and tonumber(top) > latest then latest = tonumber(top) end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%.17g', latest - kttl))
+    redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
+    redis.call('EXPIRE', key, kttl)
+  end
 end
 local dirty = ARGV[i]
 n = tonumber(ARGV[i + 1]); i = i + 2
 for _ = 1, n do redis.call('SADD', dirty, ARGV[i]); i = i + 1 end
-return {}
+n = tonumber(ARGV[i]); i = i + 1
+local passed = {0}
+for _ = 1, n do
+  local key, least, pre = ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local mems = {}
+  if sizes[key] then
+    for _, ms in pairs(sizes[key]) do for _, m in ipairs(ms) do mems[#mems + 1] = m end end
+  end
+  local size = sizes[key] and #mems or redis.call('ZCARD', key)
+  local ok = size >= least
+  if ok and size <= SMALL and pre ~= '' then
+    -- A small set: count its members with the prefix (accounts among a code's members).
+    if not sizes[key] then mems = redis.call('ZRANGE', key, 0, -1) end
+    local c = 0
+    for _, m in ipairs(mems) do if string.sub(m, 1, #pre) == pre then c = c + 1 end end
+    ok = c >= least
+  end
+  if ok then
+    redis.call('SADD', dirty, ARGV[i])
+    passed[#passed + 1] = ARGV[i]
+  end
+  i = i + 4
+end
+return passed
 """
+).replace("COMPACT)", f"{SMALL_SET})").replace("<= SMALL ", f"<= {SMALL_SET} ")
 
 # Claims live in hashes per (time slice of the Redis clock, shard of the event id), instead of one
 # key with its own TTL per event: a slice's hashes expire together, and the claims of one batch are
@@ -195,8 +310,13 @@ return out
 
 # One round trip and one reply for every read of a slice (a pipeline costs the client a command
 # object and a reply callback per key). ARGV: n_fields, (key, n, field*)*, n_counts,
-# (key, '(' .. since)*, n_members, (key, '(' .. since)*, n_hashes, key*.
-_READ_LUA = """#!lua flags=no-writes
+# (key, '(' .. since)*, key prefix, compact hash prefix, n_members,
+# (key, since, compact shard or '', ttl)*, n_hashes, key*. A compact set's members are read from
+# its field when it has no key.
+_READ_LUA = (
+    "#!lua flags=no-writes\n"
+    + _COMPACT_LUA
+    + """
 local out, i = {}, 1
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
@@ -209,10 +329,25 @@ for _ = 1, n do
   out[#out + 1] = redis.call('ZCOUNT', ARGV[i], ARGV[i + 1], '+inf')
   i = i + 2
 end
+local prefix, cprefix = ARGV[i], ARGV[i + 1]; i = i + 2
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  out[#out + 1] = redis.call('ZRANGEBYSCORE', ARGV[i], ARGV[i + 1], '+inf', 'WITHSCORES')
-  i = i + 2
+  local key, since, shard = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if shard == '' or redis.call('EXISTS', key) == 1 then
+    out[#out + 1] = redis.call('ZRANGEBYSCORE', key, '(' .. since, '+inf', 'WITHSCORES')
+  else
+    local hs = slices(cprefix, tonumber(ARGV[i + 3]), shard)
+    local cur = compact_get(hs, string.sub(key, #prefix + 1))
+    local rows, after = {}, tonumber(since)
+    for mem, sc in pairs(cur) do
+      if sc > after then
+        rows[#rows + 1] = mem
+        rows[#rows + 1] = string.format('%.17g', sc)
+      end
+    end
+    out[#out + 1] = rows
+  end
+  i = i + 4
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
@@ -221,6 +356,7 @@ for _ = 1, n do
 end
 return out
 """
+)
 
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -334,7 +470,7 @@ class RedisStore:
             out[n] = bool(flag)
         return out
 
-    def apply(self, delta: Delta, progress: Progress | None) -> None:
+    def apply(self, delta: Delta, progress: Progress | None) -> set[str]:
         args: list[Any] = []
         parts: list[int] = []
         if progress is not None:
@@ -353,17 +489,18 @@ class RedisStore:
             args += [0, 0]
         self._delta_args(args, delta)
         with self._op("apply"):
-            stale = self._apply(args=args)
-        if stale:
+            res = self._apply(args=args)
+        if res[0]:
             assert progress is not None
-            p, have = parts[int(stale[0]) - 1], _str(stale[1])
+            p, have = parts[int(res[0]) - 1], _str(res[1])
             raise StaleProgress(
                 f"partition {p} of {progress.source} is at offset {have or None}, not "
                 f"{progress.expected[p]}: another writer applied it"
             )
+        return {_str(m) for m in res[1:]}
 
     def _delta_args(self, args: list[Any], delta: Delta) -> None:
-        args += [self._ttl, len(delta.counters)]
+        args += [self._keys.prefix, self._keys.compact, self._ttl, len(delta.counters)]
         for (key, fld), by in delta.counters.items():
             args += [key, fld, repr(by)]
         args.append(len(delta.distinct))
@@ -375,10 +512,20 @@ class RedisStore:
                 # then member): the same set as adding all, without Redis adding and dropping the
                 # rest (a campaign's last few ratios out of every redemption in the batch).
                 items = heapq.nlargest(cap, items, key=lambda mt: (mt[1], mt[0]))
-            args += [key, int(delta.ttls.get(key, self._ttl)), cap, min(cap, len(members))]
+            ttl = self._set_ttl(delta.ttls.get(key))
+            shard = self._shard(key) if key in delta.compact else ""
+            args += [key, ttl, cap, shard, min(cap, len(members))]
             for m, ts in items:
                 args += [repr(ts), m]
-        args += [self._keys.dirty, len(delta.dirty), *delta.dirty]
+        args += [self._keys.dirty, len(delta.dirty), *delta.dirty, len(delta.gated)]
+        for m, gate in delta.gated.items():
+            args += [m, *gate]
+
+    def _set_ttl(self, ttl: float | None) -> int:
+        return self._ttl if ttl is None else max(1, int(ttl))
+
+    def _shard(self, key: str) -> int:
+        return zlib.crc32(key.encode()) % COMPACT_SHARDS
 
     def read(self, req: Read) -> ReadResult:
         if not (req.fields or req.counts or req.members or req.hashes):
@@ -389,9 +536,12 @@ class RedisStore:
         args.append(len(req.counts))
         for key, since in req.counts:
             args += [key, f"({since}"]
-        args.append(len(req.members))
+        args += [self._keys.prefix, self._keys.compact, len(req.members)]
         for key, since in req.members:
-            args += [key, f"({since}"]
+            if key in req.compact:
+                args += [key, since, self._shard(key), self._set_ttl(req.compact[key])]
+            else:
+                args += [key, since, "", 0]
         args.append(len(req.hashes))
         args += req.hashes
         with self._op("read"):

@@ -53,6 +53,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import TopicPartition
+from state_dump import dump_state
 
 from detector.simulate.scenario import ScenarioParams, generate
 
@@ -62,9 +63,6 @@ REPO = Path(__file__).resolve().parents[2]
 DETECTOR = REPO / ".venv" / "bin" / "detector"
 BUCKET_S = 60.0
 PARTITIONS = 3
-# Windowed state (detector/state/keys.py). Bookkeeping (offsets, claims, episode states, outbox,
-# model snapshots, leases) is compared through its effects, not byte for byte.
-STATE_FAMILIES = ("u:", "v:", "a:", "g:", "gc:", "gm:", "o:", "cv:", "dr:")
 # The comparisons are about the messages, not about how long a process idled after them: the
 # wall clock neither advances the watermark nor lets a quiet partition stop holding it back.
 NO_WALL_CLOCK = {"events": {"idle_advance_s": 3600, "idle_partition_s": 3600}}
@@ -197,23 +195,6 @@ def stored_offsets(
 
 def applied(r: redis.Redis, prefix: str, group: str, topic: str) -> int:
     return sum(stored_offsets(r, prefix, group, topic).values())
-
-
-def dump_state(r: redis.Redis, prefix: str) -> dict[str, dict[str, float]]:
-    """Every windowed-state key under ``prefix``: hashes and zsets as {field/member: number}."""
-    out: dict[str, dict[str, float]] = {}
-    for raw in r.scan_iter(match=f"{prefix}*", count=1000):
-        key = raw.decode()[len(prefix) :]
-        if not key.startswith(STATE_FAMILIES):
-            continue
-        kind = r.type(raw).decode()
-        if kind == "hash":
-            out[key] = {f.decode(): float(v) for f, v in r.hgetall(raw).items()}
-        elif kind == "zset":
-            out[key] = {m.decode(): float(s) for m, s in r.zrange(raw, 0, -1, withscores=True)}
-        elif kind != "none":  # expired between SCAN and TYPE
-            raise AssertionError(f"unexpected {kind} at {key}")
-    return out
 
 
 def state_diff(got: dict[str, dict[str, float]], want: dict[str, dict[str, float]]) -> list[Any]:

@@ -35,6 +35,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import TopicPartition
+from state_dump import dump_state
 
 from detector.alerts.record import Alert
 from detector.app import keys_for, replay
@@ -47,7 +48,6 @@ pytestmark = pytest.mark.stack
 BUCKET_S = 60.0
 # Families of windowed state (detector/state/keys.py); bookkeeping (offsets, claims, alert
 # states, outbox, models, leases) is deliberately not compared.
-STATE_FAMILIES = ("u:", "v:", "a:", "g:", "gc:", "gm:", "o:", "cv:", "dr:")
 DLQ_HEADERS = (
     "dlq.reason",
     "dlq.detail",
@@ -202,23 +202,6 @@ def read_topic(bootstrap: str, topic: str, n: int, timeout: float = 30.0) -> lis
         return out
     finally:
         c.close()
-
-
-def dump_state(r: redis.Redis, prefix: str) -> dict[str, dict[str, float]]:
-    """Every windowed-state key under ``prefix``: hashes and zsets as {field/member: number}."""
-    out: dict[str, dict[str, float]] = {}
-    for raw in r.scan_iter(match=f"{prefix}*", count=1000):
-        key = raw.decode()[len(prefix) :]
-        if not key.startswith(STATE_FAMILIES):
-            continue
-        kind = r.type(raw).decode()
-        if kind == "hash":
-            out[key] = {f.decode(): float(v) for f, v in r.hgetall(raw).items()}
-        elif kind == "zset":
-            out[key] = {m.decode(): float(s) for m, s in r.zrange(raw, 0, -1, withscores=True)}
-        else:
-            raise AssertionError(f"unexpected {kind} at {key}")
-    return out
 
 
 def assert_same_state(

@@ -85,3 +85,35 @@ def test_a_batch_larger_than_the_cap_leaves_the_same_set_as_one_member_at_a_time
     res = store.read(Read(members=[(big, 0.0), (small, 0.0)]))
     assert len(res.members[0]) == 8
     assert sorted(res.members[0]) == sorted(res.members[1])
+
+
+def test_sets_seen_once_live_in_shared_hashes_until_a_second_member_set_promotes_them(
+    store: RedisStore, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    k = store._keys
+    codes = [f"C{i:05d}" for i in range(2000)]
+    d = Delta()
+    for c in codes:
+        for m in (f"a:acc-{c}", f"d:dev-{c}", f"i:ip-{c}"):
+            d.seen(k.code_distinct(c), m, 1000.0, 300, 7200.0, True)
+    store.apply(d, None)
+    assert not any(redis_client.exists(k.code_distinct(c)) for c in codes[:50])
+    hashes = list(redis_client.scan_iter(match=f"{redis_prefix}c:*", count=1000))
+    assert sum(redis_client.hlen(h) for h in hashes) == len(codes)
+    for h in hashes:
+        assert 7200 <= redis_client.ttl(h) <= 7200 * 1.25
+        assert redis_client.object("encoding", h) == b"listpack"
+    # A second account on one code: that code gets its own zset, with every member.
+    d = Delta()
+    d.seen(k.code_distinct(codes[0]), "a:other", 1010.0, 300, 7200.0, True)
+    store.apply(d, None)
+    assert redis_client.exists(k.code_distinct(codes[0]))
+    assert sum(redis_client.hlen(h) for h in hashes) == len(codes) - 1
+    res = store.read(
+        Read(
+            members=[(k.code_distinct(codes[0]), 0.0)], compact={k.code_distinct(codes[0]): 7200.0}
+        )
+    )
+    assert sorted(m for m, _ in res.members[0]) == sorted(
+        ["a:other", f"a:acc-{codes[0]}", f"d:dev-{codes[0]}", f"i:ip-{codes[0]}"]
+    )

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from detector.errors import StaleProgress
-from detector.state.base import AlertChange, Commit, Delta, Progress, Read, Store
+from detector.state.base import AlertChange, Commit, Delta, Gate, Progress, Read, Store
 from detector.state.keys import Keys
 from detector.state.memory import MemoryStore
 from detector.state.redis import RedisStore
@@ -143,6 +143,23 @@ def test_dirty_entities_are_kept_until_committed_clean(store: Store) -> None:
     assert store.dirty() == {"y"}
 
 
+def test_gated_entities_turn_dirty_only_once_their_set_holds_enough_members(
+    store: Store,
+) -> None:
+    key = k(store).code_distinct("G1")
+    d = Delta()
+    d.seen(key, "a:1", 1000.0, 100)
+    d.gated = {"small": Gate(key, 2)}
+    assert store.apply(d, None) == set()
+    assert store.dirty() == set()
+    d = Delta()
+    d.seen(key, "a:1", 1010.0, 100)  # seen again: a member once
+    d.seen(key, "a:2", 1010.0, 100)
+    d.gated = {"both": Gate(key, 2), "three": Gate(key, 3)}
+    assert store.apply(d, None) == {"both"}
+    assert store.dirty() == {"both"}
+
+
 def test_snapshots_are_written_only_by_the_lease_holder(store: Store) -> None:
     assert store.try_lease("models", "A", 30)
     assert not store.try_lease("models", "B", 30)
@@ -160,3 +177,85 @@ def test_whole_hashes_can_be_read(store: Store) -> None:
     d.incr(key, "CAMP-B")
     store.apply(d, None)
     assert store.read(Read(hashes=[key])).hashes == [{"CAMP-A": 3.0, "CAMP-B": 1.0}]
+
+
+def _seen(store: Store, key: str, members: dict[str, float], cap: int = 100) -> None:
+    """One batch of a per-entity set (compact while it holds one member set)."""
+    d = Delta()
+    for m, ts in members.items():
+        d.seen(key, m, ts, cap, None, True)
+    store.apply(d, None)
+
+
+def _members(store: Store, key: str, since: float = 0.0) -> list[tuple[str, float]]:
+    res = store.read(Read(members=[(key, since)], compact={key: None}))
+    return sorted(res.members[0])
+
+
+def test_a_set_seen_again_with_the_same_members_keeps_their_latest_times(store: Store) -> None:
+    key = k(store).code_distinct("K1")
+    _seen(store, key, {"a:1": 1000.0, "d:1": 1000.0, "i:1": 1000.0})
+    _seen(store, key, {"a:1": 1200.5, "i:1": 900.0})  # an older sighting moves nothing back
+    assert _members(store, key) == [("a:1", 1200.5), ("d:1", 1000.0), ("i:1", 1000.0)]
+    assert _members(store, key, 1100.0) == [("a:1", 1200.5)]
+
+
+def test_a_second_member_set_keeps_every_member_of_the_first(store: Store) -> None:
+    key = k(store).code_distinct("K2")
+    _seen(store, key, {"a:1": 1000.0, "d:1": 1000.0})
+    _seen(store, key, {"a:2": 1100.0, "d:1": 1100.0})
+    _seen(store, key, {"a:3": 1050.0})
+    assert _members(store, key) == [
+        ("a:1", 1000.0),
+        ("a:2", 1100.0),
+        ("a:3", 1050.0),
+        ("d:1", 1100.0),
+    ]
+
+
+def test_a_compact_set_is_trimmed_relative_to_its_newest_member_and_capped(store: Store) -> None:
+    key = k(store).account_codes("K3")
+    _seen(store, key, {"OLD": 1000.0})
+    _seen(store, key, {"OLD": 1000.0 + TTL + 10, "NEW": 1000.0})
+    assert _members(store, key) == [("OLD", 1000.0 + TTL + 10)]
+    small = k(store).account_codes("K4")
+    _seen(store, small, {"x": 1.0, "y": 2.0, "z": 3.0}, cap=2)
+    assert _members(store, small) == [("y", 2.0), ("z", 3.0)]
+
+
+def test_a_compact_set_counts_for_the_dirty_gate(store: Store) -> None:
+    key = k(store).code_distinct("K5")
+    d = Delta()
+    d.seen(key, "a:1", 1000.0, 100, None, True)
+    d.seen(key, "d:1", 1000.0, 100, None, True)
+    d.gated = {"two": Gate(key, 2), "three": Gate(key, 3)}
+    assert store.apply(d, None) == {"two"}
+
+
+def test_a_stale_writer_leaves_no_compact_set_behind(store: Store) -> None:
+    key = k(store).account_codes("K6")
+    store.apply(Delta(), Progress("src", {0: 10}, {}, {0: None}))
+    d = Delta()
+    d.seen(key, "C", 1000.0, 100, None, True)
+    with pytest.raises(StaleProgress):
+        store.apply(d, Progress("src", {0: 20}, {}, {0: 5}))
+    assert _members(store, key) == []
+
+
+def test_a_prefixed_gate_counts_the_members_of_a_small_set_and_bounds_a_large_one(
+    store: Store,
+) -> None:
+    small, large = k(store).code_distinct("P1"), k(store).code_distinct("P2")
+    d = Delta()
+    for m in ("a:1", "d:1", "i:1"):  # one account, its device and IP
+        d.seen(small, m, 1000.0, 100, None, True)
+    for i in range(3):  # one account on 5 devices: too many members to count
+        d.seen(large, f"d:{i}", 1000.0, 100, None, True)
+    d.seen(large, "a:1", 1000.0, 100, None, True)
+    d.seen(large, "i:1", 1000.0, 100, None, True)
+    d.gated = {"small": Gate(small, 2, "a:"), "large": Gate(large, 2, "a:")}
+    assert store.apply(d, None) == {"large"}
+    d = Delta()
+    d.seen(small, "a:2", 1010.0, 100, None, True)
+    d.gated = {"second account": Gate(small, 2, "a:")}
+    assert store.apply(d, None) == {"second account"}
