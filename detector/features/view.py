@@ -2,18 +2,20 @@
 
 Members seen after ``t`` (applied already by a partition read ahead) are left out, so that a
 figure depends on the events up to ``t`` only, as in replay. Only what rules use is read: codes
-need their distinct sets (accounts, devices, IPs; those of new and fresh accounts over the short
-window), accounts their codes, campaigns their counters over the short window. Each window is
+need their redeemers ((account, device, IP) triples, whence distinct accounts, devices, IPs and
+households) and the distinct new and fresh accounts and their devices and IPs over the short
+window, accounts their codes, campaigns their counters over the short window. Each window is
 then a filter on the same rows, so one read serves every window.
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from detector.features.extract import Entity
+from detector.features.extract import SEP, Entity
 from detector.state.base import Read, Store
 from detector.state.keys import Keys
 
@@ -34,6 +36,8 @@ class Features:
     accounts: dict[str, int] = field(default_factory=dict)
     devices: dict[str, int] = field(default_factory=dict)
     ips: dict[str, int] = field(default_factory=dict)
+    # Codes: accounts linked by a shared device or IP count as one household.
+    households: dict[str, int] = field(default_factory=dict)
     new_accounts: dict[str, int] = field(default_factory=dict)
     new_devices: dict[str, int] = field(default_factory=dict)
     new_ips: dict[str, int] = field(default_factory=dict)
@@ -63,11 +67,18 @@ class _Plan:
 
 class FeatureReader:
     def __init__(
-        self, keys: Keys, recent_s: int, short_s: int, long_s: int, memory_s: float
+        self,
+        keys: Keys,
+        recent_s: int,
+        short_s: int,
+        long_s: int,
+        memory_s: float,
+        household_s: float,
     ) -> None:
         self._k = keys
         self._w = {"recent": recent_s, "short": short_s, "long": long_s, "memory": int(memory_s)}
         self._camp_mem = memory_s
+        self._household = household_s
 
     def read(self, store: Store, targets: Sequence[tuple[Entity, float]]) -> list[Features]:
         k = self._k
@@ -79,7 +90,7 @@ class FeatureReader:
             pl = _Plan(Features(ent, t))
             if ent.scope == "code":
                 pl.members = len(req.members)
-                req.members.append((k.code_distinct(ent.key), t - self._w["memory"]))
+                req.members.append((k.code_distinct(ent.key), t - self._household))
                 pl.new_members = len(req.members)
                 req.members.append((k.code_new_distinct(ent.key), t - self._w["short"]))
                 if ent.campaign is not None:
@@ -112,8 +123,7 @@ class FeatureReader:
         for pl in plans:
             f = pl.f
             if pl.members >= 0 and f.entity.scope == "code":
-                old = {"a": f.accounts, "d": f.devices, "i": f.ips}
-                self._dims(f, res.members[pl.members], old, WINDOWS)
+                self._redeemers(f, res.members[pl.members])
                 new = {
                     "A": f.new_accounts,
                     "D": f.new_devices,
@@ -127,13 +137,57 @@ class FeatureReader:
                 rows = sorted(
                     (r for r in res.members[pl.members] if r[1] <= f.t), key=lambda r: (-r[1], r[0])
                 )
-                f.recent_ratios = [float(m.split("\x1f", 1)[0]) for m, _ in rows]
+                f.recent_ratios = [float(m.split(SEP, 1)[0]) for m, _ in rows]
             if pl.counts >= 0:
                 f.campaign_codes = counts[pl.counts]
                 f.campaign_shared_codes = counts[pl.counts + 1]
             if pl.fields:
                 self._counters(f, [(res.fields[i], b) for i, b in pl.fields])
         return [pl.f for pl in plans]
+
+    def _redeemers(self, f: Features, rows: list[tuple[str, float]]) -> None:
+        """Distinct accounts, devices, IPs and households per window, from the code's triples.
+
+        Households are the connected components of accounts, devices and IPs (union-find) over
+        every triple kept (``windows.household_s``), counted among the window's accounts. With
+        unknown devices or IPs a household is only told apart by a device and an IP of its own:
+        households are at most the window's distinct devices and IPs.
+        """
+        t = f.t
+        # Account nodes are the account; device and IP nodes carry the separator, which no part
+        # contains, so the three never collide.
+        parent: dict[str, str] = {}
+        last: dict[str, float] = {}
+        for m, ts in rows:
+            parts = m.split(SEP)
+            # A member of an older schema (docs/operations.md, upgrades) is not a triple.
+            if ts > t or len(parts) != 3:
+                continue
+            acc, dev, ip = parts
+            for node in (acc, dev and SEP + dev, ip and SEP + SEP + ip):
+                if node:
+                    if node not in parent:
+                        parent[node] = node
+                    if ts > last.get(node, -math.inf):
+                        last[node] = ts
+                    ra, rb = _root(parent, acc), _root(parent, node)
+                    if ra != rb:
+                        parent[rb] = ra
+        for w in WINDOWS:
+            since = t - self._w[w]
+            accounts = devices = ips = 0
+            roots = set()
+            for node, ts in last.items():
+                if ts > since:
+                    if node[0] != SEP:
+                        accounts += 1
+                        roots.add(_root(parent, node))
+                    elif node[1] != SEP:
+                        devices += 1
+                    else:
+                        ips += 1
+            f.accounts[w], f.devices[w], f.ips[w] = accounts, devices, ips
+            f.households[w] = min(len(roots), devices, ips)
 
     def _dims(
         self,
@@ -157,7 +211,7 @@ class FeatureReader:
 
     def _codes(self, f: Features, rows: list[tuple[str, float]]) -> None:
         # Each member's campaign once, not once per window.
-        seen = [(m.split("\x1f", 1)[0], ts) for m, ts in rows if ts <= f.t]
+        seen = [(m.split(SEP, 1)[0], ts) for m, ts in rows if ts <= f.t]
         for w in WINDOWS[:3]:
             since = f.t - self._w[w]
             per: dict[str, int] = {}
@@ -181,3 +235,9 @@ class FeatureReader:
                         if b >= first:
                             sums[j] += v
             f.redemptions[w], f.discount_sum[w], f.discounted[w] = sums
+
+
+def _root(parent: dict[str, str], x: str) -> str:
+    while (p := parent[x]) != x:
+        parent[x] = x = parent[p]  # path halving
+    return x

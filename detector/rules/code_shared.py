@@ -46,7 +46,7 @@ class CodeShared:
             return None
         w = cfg.window
         accounts = f.accounts[w]
-        households = min(accounts, f.devices[w], f.ips[w])
+        households = f.households[w]
         if accounts < cfg.min_accounts and not (cfg.second_household and households >= 2):
             return None
         win = window_label(ctx.cfg.windows.seconds(w))
@@ -60,5 +60,6 @@ class CodeShared:
             # Below min_accounts it fired on a second household: that is the line it crossed.
             threshold=float(cfg.min_accounts if accounts >= cfg.min_accounts else 2),
             summary=f"personal code {code} used by {accounts} accounts ({f.devices[w]} devices, "
-            f"{f.ips[w]} IPs) in {win}; {norm}. Likely leaked: suspend the code.",
+            f"{f.ips[w]} IPs, {households} households) in {win}; {norm}. Likely leaked: suspend "
+            f"the code.",
         )

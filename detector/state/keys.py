@@ -7,7 +7,7 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 
 | key | type | content | TTL |
 |---|---|---|---|
-| ``u:{code}`` | zset | ``a:{account}``, ``d:{device}``, ``i:{ip}`` -> last event time (capped) | memory |
+| ``u:{code}`` | zset | ``{account}\x1f{device}\x1f{ip}`` (a part empty when unknown) -> last event time (capped) | household |
 | ``v:{code}`` | zset | the same for new accounts only: ``A:``, ``D:``, ``I:``; ``F:{account}`` for fresh ones (capped) | retention |
 | ``a:{account}`` | zset | ``{campaign}\x1f{code}`` redeemed -> last event time | retention |
 | ``g:{campaign}:{seg}`` | hash | per bucket: ``n{b}`` redemptions; over those with a discount and a total: ``s{b}`` discount sum, ``q{b}`` count, ``r{b}`` sum and ``x{b}`` sum of squares of discount/total | retention |
@@ -33,6 +33,11 @@ let a duplicate of a redelivered record count as new). A claim is kept 1 to 1.25
 looked up in the current slice and the four before. A shard hash is a compact listpack up to 128
 claims (~30 B each), a hashtable beyond (~75 B each), against ~200 B for a key per event with its
 own TTL. The in-memory store keeps plain ``event_id -> position`` entries, expired by event time.
+
+TTLs: *retention* is the longest window plus the allowed lateness; *memory* is
+``windows.memory_s`` (at least retention); *household* is ``windows.household_s`` (at least
+memory): a code's redeemer triples link accounts into households for that long, while its distinct
+counts cover ``memory_s`` only.
 
 Campaign ``~{code}`` stands for a code without ``campaign_id``: each such code is its own campaign
 for campaign-level counters and the discount rule.
