@@ -164,7 +164,7 @@ class CodeSharedRule(_Rule):
     """A personal code redeemed by several distinct accounts: a leak.
 
     Fires at ``min_accounts`` accounts, or already at a second account from another household
-    (a distinct device and a distinct IP): a spouse on the same wifi is not a leak.
+    (not linked by a device or an IP: a spouse on the same wifi is not a leak).
     """
 
     window: WindowName = "memory"

@@ -72,7 +72,7 @@ class Collector:
         t = math.floor(f.t / self.bucket_s) * self.bucket_s
         w = self.cfg.rule_for("code_shared", ent.campaign).window
         _peak(s.accounts, t, f.accounts[w])
-        _peak(s.households, t, f.households[w])
+        _peak(s.households, t, f.households(w))
         wb = self.cfg.rule_for("bot_farm", ent.campaign).window
         if wb in f.new_accounts:
             _peak(s.new_accounts, t, f.new_accounts[wb])

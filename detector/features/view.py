@@ -10,7 +10,6 @@ then a filter on the same rows, so one read serves every window.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,8 +35,10 @@ class Features:
     accounts: dict[str, int] = field(default_factory=dict)
     devices: dict[str, int] = field(default_factory=dict)
     ips: dict[str, int] = field(default_factory=dict)
-    # Codes: accounts linked by a shared device or IP count as one household.
-    households: dict[str, int] = field(default_factory=dict)
+    # Codes: their (account, device, IP) triples as stored and each window's start, from which
+    # ``households`` links accounts (on demand: few codes need it).
+    triples: list[tuple[str, float]] = field(default_factory=list)
+    starts: dict[str, float] = field(default_factory=dict)
     new_accounts: dict[str, int] = field(default_factory=dict)
     new_devices: dict[str, int] = field(default_factory=dict)
     new_ips: dict[str, int] = field(default_factory=dict)
@@ -54,6 +55,37 @@ class Features:
     # Codes: their campaign's codes, and those with 2+ accounts, over the campaign memory.
     campaign_codes: int = 0
     campaign_shared_codes: int = 0
+
+    def households(self, w: str) -> int:
+        """A code's households among the accounts seen within window ``w``.
+
+        Accounts linked by a device or an IP any of them used the code from (within
+        ``windows.household_s``, older than the window too) are one household: connected
+        components, by union-find. With unknown devices or IPs a household is only told apart by
+        a device and an IP of its own: households are at most the window's devices and IPs.
+        """
+        if self.accounts[w] < 2:
+            return min(self.accounts[w], self.devices[w], self.ips[w])
+        since = self.starts[w]
+        parent: dict[str, str] = {}  # account -> another of its household (itself at the root)
+        anchor: tuple[dict[str, str], dict[str, str]] = ({}, {})  # device, IP -> first account
+        window: list[str] = []
+        for m, ts in self.triples:
+            parts = m.split(SEP)
+            if ts > self.t or len(parts) != 3:
+                continue
+            acc, dev, ip = parts
+            if ts > since:
+                window.append(acc)
+            parent.setdefault(acc, acc)
+            for seen, key in zip(anchor, (dev, ip), strict=True):
+                if key:
+                    other = seen.setdefault(key, acc)
+                    ra, rb = _root(parent, acc), _root(parent, other)
+                    if ra != rb:
+                        parent[rb] = ra
+        roots = {_root(parent, acc) for acc in window}
+        return min(len(roots), self.devices[w], self.ips[w])
 
 
 @dataclass(slots=True)
@@ -146,48 +178,28 @@ class FeatureReader:
         return [pl.f for pl in plans]
 
     def _redeemers(self, f: Features, rows: list[tuple[str, float]]) -> None:
-        """Distinct accounts, devices, IPs and households per window, from the code's triples.
+        """Distinct accounts, devices and IPs per window, from the code's triples.
 
-        Households are the connected components of accounts, devices and IPs (union-find) over
-        every triple kept (``windows.household_s``), counted among the window's accounts. With
-        unknown devices or IPs a household is only told apart by a device and an IP of its own:
-        households are at most the window's distinct devices and IPs.
+        Counts need the triples within the widest window only; ``households`` links over all.
         """
         t = f.t
-        # Account nodes are the account; device and IP nodes carry the separator, which no part
-        # contains, so the three never collide.
-        parent: dict[str, str] = {}
-        last: dict[str, float] = {}
-        for m, ts in rows:
+        f.triples = rows
+        widest = t - max(self._w.values())
+        accounts: dict[str, float] = {}
+        devices: dict[str, float] = {}
+        ips: dict[str, float] = {}
+        # Oldest first, so that each part keeps its newest time.
+        for ts, m in sorted((ts, m) for m, ts in rows if widest < ts <= t):
             parts = m.split(SEP)
             # A member of an older schema (docs/operations.md, upgrades) is not a triple.
-            if ts > t or len(parts) != 3:
-                continue
-            acc, dev, ip = parts
-            for node in (acc, dev and SEP + dev, ip and SEP + SEP + ip):
-                if node:
-                    if node not in parent:
-                        parent[node] = node
-                    if ts > last.get(node, -math.inf):
-                        last[node] = ts
-                    ra, rb = _root(parent, acc), _root(parent, node)
-                    if ra != rb:
-                        parent[rb] = ra
+            if len(parts) == 3:
+                accounts[parts[0]] = devices[parts[1]] = ips[parts[2]] = ts
+        devices.pop("", None)  # unknown
+        ips.pop("", None)
+        dims = [sorted(d.values()) for d in (accounts, devices, ips)]
         for w in WINDOWS:
-            since = t - self._w[w]
-            accounts = devices = ips = 0
-            roots = set()
-            for node, ts in last.items():
-                if ts > since:
-                    if node[0] != SEP:
-                        accounts += 1
-                        roots.add(_root(parent, node))
-                    elif node[1] != SEP:
-                        devices += 1
-                    else:
-                        ips += 1
-            f.accounts[w], f.devices[w], f.ips[w] = accounts, devices, ips
-            f.households[w] = min(len(roots), devices, ips)
+            since = f.starts[w] = t - self._w[w]
+            f.accounts[w], f.devices[w], f.ips[w] = (len(d) - bisect_right(d, since) for d in dims)
 
     def _dims(
         self,

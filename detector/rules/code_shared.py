@@ -46,8 +46,12 @@ class CodeShared:
             return None
         w = cfg.window
         accounts = f.accounts[w]
-        households = f.households[w]
-        if accounts < cfg.min_accounts and not (cfg.second_household and households >= 2):
+        # Checked in this order so that accounts are linked into households (the costly part)
+        # only for a personal code with 2+ accounts.
+        if accounts < 2 or (accounts < cfg.min_accounts and not cfg.second_household):
+            return None
+        households = f.households(w)
+        if accounts < cfg.min_accounts and households < 2:
             return None
         win = window_label(ctx.cfg.windows.seconds(w))
         return Finding(
