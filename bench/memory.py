@@ -556,7 +556,14 @@ def growth(
         pr.client.flushdb()
         time.sleep(0.5)
         base = pr.used_memory()
-        windows = {"bucket_s": 10, "recent_s": 10, "short_s": 20, "long_s": 30, "memory_s": 60}
+        windows = {
+            "bucket_s": 10,
+            "recent_s": 10,
+            "short_s": 20,
+            "long_s": 30,
+            "memory_s": 60,
+            "household_s": 60,
+        }
         events = {"allowed_lateness_s": 10}
         later = 3 * 60.0
         path, _ = write_drain_stream(workdir, drain_pool, later, tag ^ 0x5A5A)
@@ -573,7 +580,8 @@ def growth(
             "windows": windows,
             "events": events,
             "later_events_after_s": later,
-            "ttl_note": "Redis expires by wall clock: the longest TTL is windows.memory_s = 60 s "
+            "ttl_note": "Redis expires by wall clock: the longest TTL is windows.memory_s = "
+            "windows.household_s = 60 s "
             "(retention = long_s + lateness + 2 buckets = 60 s; dedupe horizon 40 s)",
         }
         path.unlink(missing_ok=True)

@@ -834,7 +834,14 @@ def section_latency(ctx: Ctx) -> dict[str, Any]:
     return res
 
 
-SOAK_WINDOWS = {"bucket_s": 60, "recent_s": 120, "short_s": 300, "long_s": 600, "memory_s": 600}
+SOAK_WINDOWS = {
+    "bucket_s": 60,
+    "recent_s": 120,
+    "short_s": 300,
+    "long_s": 600,
+    "memory_s": 600,
+    "household_s": 600,
+}
 SOAK_EVENTS = {"allowed_lateness_s": 60}
 
 

@@ -126,6 +126,10 @@ class WindowsConfig(_Frozen):
     # personal is learned over it, and a personal code's owner who used it hours ago still
     # counts when a stranger uses it now. Only capped sets live this long.
     memory_s: int = Field(default=6 * 3600, ge=60)
+    # How long a code's (account, device, IP) triples link accounts into households: a family
+    # member on the owner's home IP is the owner's household even when the owner's use from
+    # home was longer ago than memory_s. Counts still cover memory_s only.
+    household_s: int = Field(default=24 * 3600, ge=60)
     # Distinct counts are exact up to this many members per key and window; beyond, they are a
     # lower bound that is already past every threshold (validated below).
     distinct_exact_cap: int = Field(default=100, ge=10, le=100_000)
@@ -160,7 +164,7 @@ class CodeSharedRule(_Rule):
     """A personal code redeemed by several distinct accounts: a leak.
 
     Fires at ``min_accounts`` accounts, or already at a second account from another household
-    (a distinct device and a distinct IP): a spouse on the same wifi is not a leak.
+    (not linked by a device or an IP: a spouse on the same wifi is not a leak).
     """
 
     window: WindowName = "memory"
@@ -344,6 +348,10 @@ class Config(BaseSettings):
         return max(self.retention_s, float(self.windows.memory_s))
 
     @property
+    def household_retention_s(self) -> float:
+        return max(self.memory_retention_s, float(self.windows.household_s))
+
+    @property
     def retention_s(self) -> float:
         """How long windowed state must be kept: the longest window, lateness and a bucket."""
         return self.windows.long_s + self.events.allowed_lateness_s + 2 * self.windows.bucket_s
@@ -380,6 +388,11 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'windows.fresh_account_age_s'={w.fresh_account_age_s} must be <= "
             f"'windows.new_account_age_s'={w.new_account_age_s}: fresh accounts are new ones"
+        )
+    if w.household_s < w.memory_s:
+        raise ConfigError(
+            f"config key 'windows.household_s'={w.household_s} must be >= "
+            f"'windows.memory_s'={w.memory_s}: households link the redeemers memory_s counts"
         )
     if not w.recent_s <= w.short_s <= w.long_s:
         raise ConfigError(

@@ -151,9 +151,15 @@ class Pipeline:
             w.new_account_age_s,
             w.fresh_account_age_s,
             cfg.memory_retention_s,
+            cfg.household_retention_s,
         )
         self.reader = FeatureReader(
-            self.keys, w.recent_s, w.short_s, w.long_s, cfg.memory_retention_s
+            self.keys,
+            w.recent_s,
+            w.short_s,
+            w.long_s,
+            cfg.memory_retention_s,
+            cfg.household_retention_s,
         )
         self.lifecycle = Lifecycle(cfg)
         self._least = self._minimums()

@@ -39,7 +39,7 @@ class CodeSeries:
 
     campaign: str | None
     accounts: dict[float, int] = field(default_factory=dict)  # code_shared's window
-    households: dict[float, int] = field(default_factory=dict)  # min(accounts, devices, IPs)
+    households: dict[float, int] = field(default_factory=dict)  # linked by devices, IPs
     new_accounts: dict[float, int] = field(default_factory=dict)  # bot_farm's window
     new_devices: dict[float, int] = field(default_factory=dict)
 
@@ -72,7 +72,7 @@ class Collector:
         t = math.floor(f.t / self.bucket_s) * self.bucket_s
         w = self.cfg.rule_for("code_shared", ent.campaign).window
         _peak(s.accounts, t, f.accounts[w])
-        _peak(s.households, t, min(f.accounts[w], f.devices[w], f.ips[w]))
+        _peak(s.households, t, f.households(w))
         wb = self.cfg.rule_for("bot_farm", ent.campaign).window
         if wb in f.new_accounts:
             _peak(s.new_accounts, t, f.new_accounts[wb])

@@ -382,7 +382,7 @@ CODE_KINDS = {
         "accounts",
         "households",
         "distinct accounts",
-        "distinct households (min of devices, IPs)",
+        "households (accounts linked by a shared device or IP)",
         "#d62728",
         "Distinct accounts per code",
     ),

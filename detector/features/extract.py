@@ -18,11 +18,10 @@ from detector.state.keys import Keys, standalone_campaign
 
 # Campaign code sets only need enough members to learn whether a campaign is personal.
 CAMPAIGN_CODES_CAP = 5000
+# Separates the parts of composite members.
+SEP = "\x1f"
 # A campaign's last redemptions, for spotting a discount change within a couple of orders.
 RECENT_RATIOS = 8
-# The member a code's set holds per account (besides ``d:`` / ``i:`` ones): how ``gate`` counts
-# a code's accounts.
-ACCOUNT_MEMBER = "a:"
 
 
 class Entity(NamedTuple):
@@ -56,6 +55,23 @@ def campaign_of(ev: Event) -> str | None:
     return ev.campaign_id if ev.campaign_id is not None else standalone_campaign(ev.promo_code)
 
 
+def _part(s: str | None) -> str:
+    # The separator cannot occur in a part, so every member splits into exactly three.
+    if s is None:
+        return ""
+    return s.replace(SEP, "\ufffd") if SEP in s else s
+
+
+def redeemer(account: str, device: str | None, ip: str | None) -> str:
+    """A code's ``u:`` member: who redeemed it, with what device and from what IP.
+
+    One member per triple keeps the link between an account and its device and IP (a household
+    member on the owner's home IP is the owner's household); an unknown or empty device or IP is
+    an empty part and links nothing.
+    """
+    return f"{_part(account)}{SEP}{_part(device)}{SEP}{_part(ip)}"
+
+
 class Extractor:
     def __init__(
         self,
@@ -64,11 +80,14 @@ class Extractor:
         new_account_age_s: float,
         fresh_account_age_s: float,
         campaign_ttl_s: float,
+        household_ttl_s: float,
     ) -> None:
         self._k = keys
         self._camp_ttl = campaign_ttl_s
-        # Accounts, devices and IPs share one set per code; new accounts' ones, with the fresh
-        # accounts among them, another.
+        self._household_ttl = household_ttl_s
+        # A code's redeemers are (account, device, IP) triples: as many members as the three
+        # separate dimensions took before, so counts stay exact up to the cap. New accounts'
+        # dimensions, with the fresh accounts among them, have their own set.
         self._code_cap = 3 * distinct_cap
         self._new_cap = 4 * distinct_cap
         self._cap = distinct_cap
@@ -79,12 +98,13 @@ class Extractor:
         """What the entity's distinct set holds once the entity has ``count`` distinct accounts
         (a code) or codes (an account); None for a campaign.
 
-        Every account of a code is one ``ACCOUNT_MEMBER`` member of its set, every code of an
-        account one member of its own. A full set (at its cap) may stand for any count.
+        Every account of a code is at least one redeemer triple of its set (over the household
+        TTL, longer than any count's window), every code of an account one member of its own: a
+        set's size bounds the count from above. A full set (at its cap) may stand for any count.
         """
         if ent.scope == "code":
             least = int(min(count, self._code_cap))
-            return Gate(self._k.code_distinct(ent.key), least, ACCOUNT_MEMBER)
+            return Gate(self._k.code_distinct(ent.key), least)
         if ent.scope == "account":
             return Gate(self._k.account_codes(ent.key), int(min(count, self._cap)))
         return None
@@ -116,13 +136,15 @@ class Extractor:
         camp = campaign_of(ev)
         assert camp is not None
         ts = ev.ts
-        members, mem = k.code_distinct(code), self._camp_ttl
         # Per-entity sets are compact while they hold one member set (most are seen once).
-        delta.seen(members, ACCOUNT_MEMBER + ev.account_id, ts, self._code_cap, mem, True)
-        if ev.device_id is not None:
-            delta.seen(members, "d:" + ev.device_id, ts, self._code_cap, mem, True)
-        if ev.ip is not None:
-            delta.seen(members, "i:" + ev.ip, ts, self._code_cap, mem, True)
+        delta.seen(
+            k.code_distinct(code),
+            redeemer(ev.account_id, ev.device_id, ev.ip),
+            ts,
+            self._code_cap,
+            self._household_ttl,
+            True,
+        )
         created = ev.account_created_at
         if created is not None and ts - created < self._new_age:
             # New accounts get their own dimensions: a bot farm shows as many new accounts on
@@ -136,7 +158,7 @@ class Extractor:
             if ts - created < self._fresh_age:
                 delta.seen(new, "F:" + ev.account_id, ts, self._new_cap, None, True)
         # Per campaign: harvesting shows as many codes of one campaign on one account.
-        delta.seen(k.account_codes(ev.account_id), camp + "\x1f" + code, ts, self._cap, None, True)
+        delta.seen(k.account_codes(ev.account_id), camp + SEP + code, ts, self._cap, None, True)
         ck = k.campaign_counts(camp, b)
         delta.incr(ck, f"n{b}")
         if ev.discount is not None and ev.order_total:
@@ -146,7 +168,7 @@ class Extractor:
             delta.incr(ck, f"r{b}", ratio)
             delta.incr(ck, f"x{b}", ratio * ratio)
             delta.seen(
-                k.campaign_ratios(camp), f"{ratio:.6f}\x1f{ev.event_id}", ts, RECENT_RATIOS
+                k.campaign_ratios(camp), f"{ratio:.6f}{SEP}{ev.event_id}", ts, RECENT_RATIOS
             )
         delta.seen(k.campaign_codes(camp), code, ts, CAMPAIGN_CODES_CAP, self._camp_ttl)
         if ev.campaign_id is not None:

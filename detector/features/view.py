@@ -2,8 +2,9 @@
 
 Members seen after ``t`` (applied already by a partition read ahead) are left out, so that a
 figure depends on the events up to ``t`` only, as in replay. Only what rules use is read: codes
-need their distinct sets (accounts, devices, IPs; those of new and fresh accounts over the short
-window), accounts their codes, campaigns their counters over the short window. Each window is
+need their redeemers ((account, device, IP) triples, whence distinct accounts, devices, IPs and
+households) and the distinct new and fresh accounts and their devices and IPs over the short
+window, accounts their codes, campaigns their counters over the short window. Each window is
 then a filter on the same rows, so one read serves every window.
 """
 
@@ -13,7 +14,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from detector.features.extract import Entity
+from detector.features.extract import SEP, Entity
 from detector.state.base import Read, Store
 from detector.state.keys import Keys
 
@@ -34,6 +35,10 @@ class Features:
     accounts: dict[str, int] = field(default_factory=dict)
     devices: dict[str, int] = field(default_factory=dict)
     ips: dict[str, int] = field(default_factory=dict)
+    # Codes: their (account, device, IP) triples as stored and each window's start, from which
+    # ``households`` links accounts (on demand: few codes need it).
+    triples: list[tuple[str, float]] = field(default_factory=list)
+    starts: dict[str, float] = field(default_factory=dict)
     new_accounts: dict[str, int] = field(default_factory=dict)
     new_devices: dict[str, int] = field(default_factory=dict)
     new_ips: dict[str, int] = field(default_factory=dict)
@@ -51,6 +56,37 @@ class Features:
     campaign_codes: int = 0
     campaign_shared_codes: int = 0
 
+    def households(self, w: str) -> int:
+        """A code's households among the accounts seen within window ``w``.
+
+        Accounts linked by a device or an IP any of them used the code from (within
+        ``windows.household_s``, older than the window too) are one household: connected
+        components, by union-find. With unknown devices or IPs a household is only told apart by
+        a device and an IP of its own: households are at most the window's devices and IPs.
+        """
+        if self.accounts[w] < 2:
+            return min(self.accounts[w], self.devices[w], self.ips[w])
+        since = self.starts[w]
+        parent: dict[str, str] = {}  # account -> another of its household (itself at the root)
+        anchor: tuple[dict[str, str], dict[str, str]] = ({}, {})  # device, IP -> first account
+        window: list[str] = []
+        for m, ts in self.triples:
+            parts = m.split(SEP)
+            if ts > self.t or len(parts) != 3:
+                continue
+            acc, dev, ip = parts
+            if ts > since:
+                window.append(acc)
+            parent.setdefault(acc, acc)
+            for seen, key in zip(anchor, (dev, ip), strict=True):
+                if key:
+                    other = seen.setdefault(key, acc)
+                    ra, rb = _root(parent, acc), _root(parent, other)
+                    if ra != rb:
+                        parent[rb] = ra
+        roots = {_root(parent, acc) for acc in window}
+        return min(len(roots), self.devices[w], self.ips[w])
+
 
 @dataclass(slots=True)
 class _Plan:
@@ -63,11 +99,18 @@ class _Plan:
 
 class FeatureReader:
     def __init__(
-        self, keys: Keys, recent_s: int, short_s: int, long_s: int, memory_s: float
+        self,
+        keys: Keys,
+        recent_s: int,
+        short_s: int,
+        long_s: int,
+        memory_s: float,
+        household_s: float,
     ) -> None:
         self._k = keys
         self._w = {"recent": recent_s, "short": short_s, "long": long_s, "memory": int(memory_s)}
         self._camp_mem = memory_s
+        self._household = household_s
 
     def read(self, store: Store, targets: Sequence[tuple[Entity, float]]) -> list[Features]:
         k = self._k
@@ -81,8 +124,8 @@ class FeatureReader:
                 pl.members = len(req.members)
                 # Compact sets, with the TTLs the extractor writes them with.
                 u = k.code_distinct(ent.key)
-                req.members.append((u, t - self._w["memory"]))
-                req.compact[u] = self._camp_mem
+                req.members.append((u, t - self._household))
+                req.compact[u] = self._household
                 pl.new_members = len(req.members)
                 v = k.code_new_distinct(ent.key)
                 req.members.append((v, t - self._w["short"]))
@@ -119,8 +162,7 @@ class FeatureReader:
         for pl in plans:
             f = pl.f
             if pl.members >= 0 and f.entity.scope == "code":
-                old = {"a": f.accounts, "d": f.devices, "i": f.ips}
-                self._dims(f, res.members[pl.members], old, WINDOWS)
+                self._redeemers(f, res.members[pl.members])
                 new = {
                     "A": f.new_accounts,
                     "D": f.new_devices,
@@ -134,13 +176,37 @@ class FeatureReader:
                 rows = sorted(
                     (r for r in res.members[pl.members] if r[1] <= f.t), key=lambda r: (-r[1], r[0])
                 )
-                f.recent_ratios = [float(m.split("\x1f", 1)[0]) for m, _ in rows]
+                f.recent_ratios = [float(m.split(SEP, 1)[0]) for m, _ in rows]
             if pl.counts >= 0:
                 f.campaign_codes = counts[pl.counts]
                 f.campaign_shared_codes = counts[pl.counts + 1]
             if pl.fields:
                 self._counters(f, [(res.fields[i], b) for i, b in pl.fields])
         return [pl.f for pl in plans]
+
+    def _redeemers(self, f: Features, rows: list[tuple[str, float]]) -> None:
+        """Distinct accounts, devices and IPs per window, from the code's triples.
+
+        Counts need the triples within the widest window only; ``households`` links over all.
+        """
+        t = f.t
+        f.triples = rows
+        widest = t - max(self._w.values())
+        accounts: dict[str, float] = {}
+        devices: dict[str, float] = {}
+        ips: dict[str, float] = {}
+        # Oldest first, so that each part keeps its newest time.
+        for ts, m in sorted((ts, m) for m, ts in rows if widest < ts <= t):
+            parts = m.split(SEP)
+            # A member of an older schema (docs/operations.md, upgrades) is not a triple.
+            if len(parts) == 3:
+                accounts[parts[0]] = devices[parts[1]] = ips[parts[2]] = ts
+        devices.pop("", None)  # unknown
+        ips.pop("", None)
+        dims = [sorted(d.values()) for d in (accounts, devices, ips)]
+        for w in WINDOWS:
+            since = f.starts[w] = t - self._w[w]
+            f.accounts[w], f.devices[w], f.ips[w] = (len(d) - bisect_right(d, since) for d in dims)
 
     def _dims(
         self,
@@ -164,7 +230,7 @@ class FeatureReader:
 
     def _codes(self, f: Features, rows: list[tuple[str, float]]) -> None:
         # Each member's campaign once, not once per window.
-        seen = [(m.split("\x1f", 1)[0], ts) for m, ts in rows if ts <= f.t]
+        seen = [(m.split(SEP, 1)[0], ts) for m, ts in rows if ts <= f.t]
         for w in WINDOWS[:3]:
             since = f.t - self._w[w]
             per: dict[str, int] = {}
@@ -188,3 +254,9 @@ class FeatureReader:
                         if b >= first:
                             sums[j] += v
             f.redemptions[w], f.discount_sum[w], f.discounted[w] = sums
+
+
+def _root(parent: dict[str, str], x: str) -> str:
+    while (p := parent[x]) != x:
+        parent[x] = x = parent[p]  # path halving
+    return x

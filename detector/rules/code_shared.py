@@ -56,8 +56,12 @@ class CodeShared:
             return None
         w = cfg.window
         accounts = f.accounts[w]
-        households = min(accounts, f.devices[w], f.ips[w])
-        if accounts < cfg.min_accounts and not (cfg.second_household and households >= 2):
+        # Checked in this order so that accounts are linked into households (the costly part)
+        # only for a personal code with 2+ accounts.
+        if accounts < 2 or (accounts < cfg.min_accounts and not cfg.second_household):
+            return None
+        households = f.households(w)
+        if accounts < cfg.min_accounts and households < 2:
             return None
         win = window_label(ctx.cfg.windows.seconds(w))
         return Finding(
@@ -70,5 +74,6 @@ class CodeShared:
             # Below min_accounts it fired on a second household: that is the line it crossed.
             threshold=float(cfg.min_accounts if accounts >= cfg.min_accounts else 2),
             summary=f"personal code {code} used by {accounts} accounts ({f.devices[w]} devices, "
-            f"{f.ips[w]} IPs) in {win}; {norm}. Likely leaked: suspend the code.",
+            f"{f.ips[w]} IPs, {households} households) in {win}; {norm}. Likely leaked: suspend "
+            f"the code.",
         )

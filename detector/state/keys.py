@@ -7,7 +7,7 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 
 | key | type | content | TTL |
 |---|---|---|---|
-| ``u:{code}`` | zset | ``a:{account}``, ``d:{device}``, ``i:{ip}`` -> last event time (capped); compact until a second member set | memory |
+| ``u:{code}`` | zset | ``{account}\x1f{device}\x1f{ip}`` (a part empty when unknown) -> last event time (capped); compact until a second member set | household |
 | ``v:{code}`` | zset | the same for new accounts only: ``A:``, ``D:``, ``I:``; ``F:{account}`` for fresh ones (capped); compact too | retention |
 | ``a:{account}`` | zset | ``{campaign}\x1f{code}`` redeemed -> last event time; compact too | retention |
 | ``c:{ttl}:{slice}:{shard}`` | hash | compact sets: ``u:{code}`` / ``v:{code}`` / ``a:{account}`` -> MessagePack ``[score, member..., score, member...]`` | slice end + ``{ttl}`` |
@@ -36,8 +36,8 @@ claims (~30 B each), a hashtable beyond (~75 B each), against ~200 B for a key p
 own TTL. The in-memory store keeps plain ``event_id -> position`` entries, expired by event time.
 
 Compact sets (``c:``): a ``u:``, ``v:`` or ``a:`` set that has only ever held one member set (at most 4
-members, e.g. the account, device and IP of a code redeemed once; re-seeing the same members keeps
-it compact) is a field of a shared hash instead of a key: ``{ttl}`` is the set's TTL in seconds,
+members, e.g. the redeemer triple of a code redeemed once, or a new account's ``A:``, ``D:``, ``I:``
+and ``F:``; re-seeing the same members keeps it compact) is a field of a shared hash instead of a key: ``{ttl}`` is the set's TTL in seconds,
 ``{slice}`` ``floor(redis_time / ceil(ttl / 4))``, ``{shard}`` CRC32 of the set's key modulo 16384.
 A field is kept 1 to 1.25 TTLs and looked up in the current slice and the four before, only when
 the set's own key does not exist. The first member outside the set promotes it: the field is
@@ -45,6 +45,11 @@ deleted and its members go to the zset with the new ones, in the same script. Tr
 the newest member) and caps are the zset's. At 1M codes seen once a shard hash holds ~60 fields of
 ~60 B: a compact listpack (hash-max-listpack-entries 128, -value 64: Redis defaults). The in-memory
 store has no such layout: its dicts cost the same either way.
+
+TTLs: *retention* is the longest window plus the allowed lateness; *memory* is
+``windows.memory_s`` (at least retention); *household* is ``windows.household_s`` (at least
+memory): a code's redeemer triples link accounts into households for that long, while its distinct
+counts cover ``memory_s`` only.
 
 Campaign ``~{code}`` stands for a code without ``campaign_id``: each such code is its own campaign
 for campaign-level counters and the discount rule.

@@ -15,6 +15,9 @@ from detector.backtest.evaluate import evaluate
 Replayed = tuple[list[Any], dict[str, Any], Any]
 
 SEEDS = [1, 2, 3, 4, 5, 6]
+# Clean days: those of SEEDS, and 129, where a family member uses the owner's personal code from
+# the owner's home IP 16 h after the owner's use from home (tests/detection/test_households.py).
+CLEAN_SEEDS = [100 + s for s in SEEDS] + [129]
 # Latency budgets in event-time seconds from the truth's anchor (see docs/simulator.md); a bot
 # farm's anchor is its start, slow farms included.
 BUDGET_S = {"leak": 300, "slow_leak": 900, "bot_farm": 300, "discount_misconfig": 300}
@@ -41,11 +44,11 @@ def test_every_incident_pages_within_its_budget(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", CLEAN_SEEDS)
 def test_clean_days_with_a_flash_sale_and_a_launch_never_page(
     seed: int, declared: bool, simulate_and_replay: Callable[..., Replayed]
 ) -> None:
-    alerts, truth, _ = simulate_and_replay(100 + seed, declared=declared, hours=48.0, incidents=())
+    alerts, truth, _ = simulate_and_replay(seed, declared=declared, hours=48.0, incidents=())
     ev = evaluate(alerts, truth)
     pages = [
         (a.rule, a.key, a.detected_at, a.summary) for a in ev.false_alerts if a.severity == "page"
