@@ -1,9 +1,14 @@
-"""Where events come from: a JSONL file (replay) or a Kafka consumer group (run)."""
+"""Where events come from: a JSONL file (replay) or a Kafka consumer group (run).
+
+Both hand the pipeline ``Record`` batches in offset order per partition, but their loops differ
+and are wired separately (``app.py``): a file yields plain lists and has no progress to commit;
+Kafka yields ``Polled`` batches that carry the consumer's view (caught-up partitions, lag,
+rebalance generation) and takes commits once state is durable.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 
 class Record(NamedTuple):
@@ -19,18 +24,3 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None = None
     timestamp_ms: int | None = None
-
-
-class Source(Protocol):
-    name: str
-    """Identifies the source's progress in the store (e.g. ``kafka:group:topic``)."""
-
-    def batches(self) -> Iterator[list[Record]]:
-        """Batches of records in offset order per partition; empty lists while idle."""
-        ...
-
-    def commit(self, offsets: dict[int, int]) -> None:
-        """Tell the source that state covers records before these next offsets."""
-        ...
-
-    def close(self) -> None: ...

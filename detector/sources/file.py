@@ -45,9 +45,3 @@ class FileSource:
         finally:
             if f is not sys.stdin.buffer:
                 f.close()
-
-    def commit(self, offsets: dict[int, int]) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
