@@ -920,7 +920,7 @@ def section_growth(ctx: Ctx) -> dict[str, Any]:
 def section_profile(ctx: Ctx) -> dict[str, Any]:
     pyspy = REPO / ".venv" / "bin" / "py-spy"
     if not pyspy.exists():
-        return {"skipped": "py-spy not installed (.venv/bin/pip install py-spy)"}
+        return {"skipped": "py-spy not installed (make venv installs the dev extras)"}
     pdir = ctx.profile_dir or (ctx.workdir / "profile")
     pdir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"dir": str(pdir), "sampler": "py-spy record --rate 100 (on-CPU)"}
