@@ -216,7 +216,9 @@ class DiscountAnomalyRule(_Rule):
     them (for every ``j >= min_redemptions``) must clear the campaign's learned norm by
     ``min_factor`` times, by ``min_sigmas`` standard errors and by ``min_ratio``. A campaign with a
     fixed percentage is caught at the second broken order; one with naturally varied ratios needs
-    more evidence, automatically.
+    more evidence, automatically. A campaign giving the same amount off every order is judged by
+    amount instead: the mean amount of the last ``j`` orders must be ``min_factor`` times its usual
+    amount (a small order's high ratio is not a changed setting).
     """
 
     min_redemptions: int = Field(default=2, ge=1)
@@ -227,6 +229,10 @@ class DiscountAnomalyRule(_Rule):
     min_ratio: float = Field(default=0.3, ge=0, le=1)
     # Before the norm is learned: the last ``min_redemptions + 1`` orders all at least this.
     absolute_ratio: float = Field(default=0.9, ge=0, le=1)
+    # A campaign whose learned discount amounts vary by at most this share of their mean gives
+    # a fixed amount: judged by amount (``min_factor`` times its usual amount), not by ratio.
+    # 0 judges every campaign by ratio.
+    fixed_amount_cv: float = Field(default=0.05, ge=0, le=1)
 
 
 class AccountStackingRule(_Rule):

@@ -848,7 +848,8 @@ class Pipeline:
             req.fields.append((k.orders(seg_b), [f"n{x}" for x in in_seg]))
         n_orders = len(req.fields)
         for c in camps:
-            req.fields.append((k.campaign_counts(c, b), [f"n{b}", f"q{b}", f"r{b}", f"x{b}"]))
+            names = [f"{n}{b}" for n in ("n", "q", "r", "x", "s", "y")]
+            req.fields.append((k.campaign_counts(c, b), names))
         res = self.store.read(req)
         orders = sum(sum(row) for row in res.fields[:n_orders])
         feats = {
@@ -867,7 +868,7 @@ class Pipeline:
         scores: dict[str, float] = {}
         observed: set[str] = set()
         for c, row in zip(camps, res.fields[n_orders:], strict=True):
-            _, q, rsum, sq = row
+            _, q, rsum, sq, amounts, amounts_sq = row
             mdl = self._models[c]
             recent = feats[c].redemptions["short"]
             if mdl.rate.n == 0 and recent == 0:
@@ -891,7 +892,16 @@ class Pipeline:
                 self.observer.campaign_bucket(b * k.bucket_s, obs, mdl.rate.band())
             mdl.rate.learn_one(x)
             if q > 0:
-                mdl.ratio.learn_one({"value": rsum / q, "weight": q, "m2": sq / q, "t": t_local})
+                mdl.ratio.learn_one(
+                    {
+                        "value": rsum / q,
+                        "weight": q,
+                        "m2": sq / q,
+                        "amount": amounts / q,
+                        "amount_m2": amounts_sq / q,
+                        "t": t_local,
+                    }
+                )
             finding = self.rate_rule.evaluate(obs, self.cfg)
             if finding is not None or episode_name("campaign_rate", c) in states:
                 observations.append((Target("campaign_rate", "campaign", c, c), finding, t_end))

@@ -167,8 +167,12 @@ class Extractor:
             delta.incr(ck, f"q{b}")
             delta.incr(ck, f"r{b}", ratio)
             delta.incr(ck, f"x{b}", ratio * ratio)
+            delta.incr(ck, f"y{b}", ev.discount * ev.discount)
             delta.seen(
-                k.campaign_ratios(camp), f"{ratio:.6f}{SEP}{ev.event_id}", ts, RECENT_RATIOS
+                k.campaign_ratios(camp),
+                f"{ratio:.6f}{SEP}{ev.discount:.2f}{SEP}{ev.event_id}",
+                ts,
+                RECENT_RATIOS,
             )
         delta.seen(k.campaign_codes(camp), code, ts, CAMPAIGN_CODES_CAP, self._camp_ttl)
         if ev.campaign_id is not None:

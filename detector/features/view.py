@@ -47,8 +47,9 @@ class Features:
     redemptions: dict[str, float] = field(default_factory=dict)
     discount_sum: dict[str, float] = field(default_factory=dict)
     discounted: dict[str, float] = field(default_factory=dict)
-    # Campaigns: discount/total of the last redemptions in the short window, newest first.
-    recent_ratios: list[float] = field(default_factory=list)
+    # Campaigns: (discount/total, discount) of the last redemptions in the short window, newest
+    # first.
+    recent_discounts: list[tuple[float, float]] = field(default_factory=list)
     # Accounts: distinct codes of the campaign it redeemed most codes of, and that campaign.
     codes: dict[str, int] = field(default_factory=dict)
     top_campaign: dict[str, str | None] = field(default_factory=dict)
@@ -176,7 +177,7 @@ class FeatureReader:
                 rows = sorted(
                     (r for r in res.members[pl.members] if r[1] <= f.t), key=lambda r: (-r[1], r[0])
                 )
-                f.recent_ratios = [float(m.split(SEP, 1)[0]) for m, _ in rows]
+                f.recent_discounts = [_discount(m) for m, _ in rows]
             if pl.counts >= 0:
                 f.campaign_codes = counts[pl.counts]
                 f.campaign_shared_codes = counts[pl.counts + 1]
@@ -260,3 +261,8 @@ def _root(parent: dict[str, str], x: str) -> str:
     while (p := parent[x]) != x:
         parent[x] = x = parent[p]  # path halving
     return x
+
+
+def _discount(member: str) -> tuple[float, float]:
+    ratio, amount, _ = member.split(SEP, 2)
+    return float(ratio), float(amount)

@@ -6,6 +6,10 @@ deviation are per ORDER (not per bucket), whatever the campaign's volume. Only a
 norm is anomalous (a cheaper order is not a misconfigured discount). Frozen hyperparameters,
 chosen by principle: ``ALPHA`` 0.01 per bucket remembers about 100 active buckets; ``WARMUP`` 30
 orders before the norm is trusted.
+
+It learns the discount AMOUNT per order the same way (``amount``, ``amount_m2``): a campaign
+giving a fixed amount has a varied ratio (the same 200 off is 44% of a 455 order), and only its
+amount tells a small order from a changed setting (``fixed_amount``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ class DiscountBaseline(AnomalyDetector):
         self._s = 0.0  # weighted sum of ratios
         self._s2 = 0.0  # weighted sum of squared ratios
         self._seen = 0.0
+        self._aw = 0.0  # weighted count of orders with an amount
+        self._a = 0.0  # weighted sum of amounts
+        self._a2 = 0.0  # weighted sum of squared amounts
 
     @staticmethod
     def _clean(x: dict[str, float], key: str, default: float | None) -> float | None:
@@ -48,6 +55,12 @@ class DiscountBaseline(AnomalyDetector):
         self._s = keep * self._s + n * v
         self._s2 = keep * self._s2 + n * m2
         self._seen += n
+        a = self._clean(x, "amount", None)
+        a2 = self._clean(x, "amount_m2", None)
+        if a is not None and a >= 0 and a2 is not None:
+            self._aw = keep * self._aw + n
+            self._a = keep * self._a + n * a
+            self._a2 = keep * self._a2 + n * max(a2, a * a)
 
     def std(self) -> float:
         if self._w <= 0:
@@ -72,15 +85,28 @@ class DiscountBaseline(AnomalyDetector):
     def expected(self) -> float:
         return self._s / self._w if self._w > 0 else 0.0
 
+    def fixed_amount(self, max_cv: float) -> float | None:
+        """The campaign's usual discount amount if its orders get nearly the same one (standard
+        deviation at most ``max_cv`` of the mean, once warmed up); None otherwise."""
+        if max_cv <= 0 or self._aw < WARMUP or self._a <= 0:
+            return None
+        mean = self._a / self._aw
+        var = max(self._a2 / self._aw - mean * mean, 0.0)
+        return mean if math.sqrt(var) <= max_cv * mean else None
+
     def band(self) -> tuple[float, float]:
         mean, std = self.expected(), self.std()
         return max(0.0, mean - 3 * std), min(1.0, mean + 3 * std)
 
     def snapshot(self) -> bytes:
-        return json.dumps([self._w, self._s, self._s2, self._seen]).encode()
+        return json.dumps(
+            [self._w, self._s, self._s2, self._seen, self._aw, self._a, self._a2]
+        ).encode()
 
     @classmethod
     def restore(cls, data: bytes) -> Self:
         m = cls()
-        m._w, m._s, m._s2, m._seen = (float(v) for v in json.loads(data))
+        # Snapshots from before amounts were learned have four values: amounts start unlearned.
+        vals = [float(v) for v in json.loads(data)] + [0.0, 0.0, 0.0]
+        m._w, m._s, m._s2, m._seen, m._aw, m._a, m._a2 = vals[:7]
         return m

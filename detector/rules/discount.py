@@ -1,8 +1,13 @@
-"""A campaign's discount-to-total ratio far above its norm: a misconfigured discount."""
+"""A campaign's discount far above its norm: a misconfigured discount.
+
+The norm is the campaign's discount-to-total ratio, or its amount when every order gets the same
+amount off (a fixed-amount campaign's ratio varies with the order's size, its amount does not).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from detector.config import Config, DiscountAnomalyRule
 from detector.features.view import Features
@@ -21,21 +26,38 @@ class DiscountAnomaly:
         cfg: DiscountAnomalyRule = ctx.cfg.rule_for(self.name, camp)
         if not cfg.enabled:
             return None
-        recent = f.recent_ratios
+        recent = f.recent_discounts
+        ratios = [r for r, _ in recent]
         model = ctx.ratio_baseline(camp)
-        if model is not None and model.warmed_up:
+        fixed = model.fixed_amount(cfg.fixed_amount_cv) if model is not None else None
+        if fixed is not None:
+            # The same amount off every order: only the amount can tell a changed setting from
+            # a small order (whose ratio is high by nature).
+            norm = f"its norm is a fixed {fixed:,.2f} per order"
+            amounts = [a for _, a in recent]
+            line = fixed * cfg.min_factor
+            hit = _first_hit(amounts, cfg.min_redemptions, lambda j: line)
+            what = "discounts of {:,.2f} on average"
+        elif model is not None and model.warmed_up:
             mean, std = model.expected(), model.std()
             norm = f"its norm is {mean:.0%} (sd {std:.0%})"
-            hit = _first_hit(recent, cfg, mean, std)
+            base = max(mean * cfg.min_factor, cfg.min_ratio)
+            hit = _first_hit(
+                ratios,
+                cfg.min_redemptions,
+                lambda j: min(max(base, mean + cfg.min_sigmas * std / math.sqrt(j)), 1.0),
+            )
+            what = "discounts of {:.0%} of their value on average"
         else:
             norm = "no norm learned yet"
             j = cfg.min_redemptions + 1
             hit = None
-            if len(recent) >= j and min(recent[:j]) >= cfg.absolute_ratio:
-                hit = (j, sum(recent[:j]) / j, cfg.absolute_ratio)
+            if len(ratios) >= j and min(ratios[:j]) >= cfg.absolute_ratio:
+                hit = (j, sum(ratios[:j]) / j, cfg.absolute_ratio)
+            what = "discounts of {:.0%} of their value on average"
         if hit is None:
             return None
-        j, ratio, line = hit
+        j, value, line = hit
         given = f.discount_sum.get("short", 0.0)
         return Finding(
             rule=self.name,
@@ -43,25 +65,20 @@ class DiscountAnomaly:
             key=camp,
             campaign=camp,
             severity=cfg.severity,
-            value=round(ratio, 4),
+            value=round(value, 4),
             threshold=round(line, 4),
-            summary=f"campaign {camp}: its last {j} orders got discounts of {ratio:.0%} of their "
-            f"value on average; {norm}; {given:,.0f} given in 10 min. Check the campaign's "
-            f"discount setting.",
+            summary=f"campaign {camp}: its last {j} orders got {what.format(value)}; {norm}; "
+            f"{given:,.0f} given in 10 min. Check the campaign's discount setting.",
         )
 
 
 def _first_hit(
-    recent: list[float], cfg: DiscountAnomalyRule, mean: float, std: float
+    recent: list[float], least: int, line: Callable[[int], float]
 ) -> tuple[int, float, float] | None:
-    """The shortest run of latest orders whose mean ratio clears every line."""
+    """The shortest run of at least ``least`` latest orders whose mean clears ``line(run)``."""
     total = 0.0
-    base = max(mean * cfg.min_factor, cfg.min_ratio)
     for j, r in enumerate(recent, start=1):
         total += r
-        if j < cfg.min_redemptions:
-            continue
-        line = min(max(base, mean + cfg.min_sigmas * std / math.sqrt(j)), 1.0)
-        if total / j >= line:
-            return j, total / j, line
+        if j >= least and total / j >= line(j):
+            return j, total / j, line(j)
     return None

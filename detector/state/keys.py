@@ -11,8 +11,8 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 | ``v:{code}`` | zset | the same for new accounts only: ``A:``, ``D:``, ``I:``; ``F:{account}`` for fresh ones (capped); compact too | retention |
 | ``a:{account}`` | zset | ``{campaign}\x1f{code}`` redeemed -> last event time; compact too | retention |
 | ``c:{ttl}:{slice}:{shard}`` | hash | compact sets: ``u:{code}`` / ``v:{code}`` / ``a:{account}`` -> MessagePack ``[score, member..., score, member...]`` | slice end + ``{ttl}`` |
-| ``g:{campaign}:{seg}`` | hash | per bucket: ``n{b}`` redemptions; over those with a discount and a total: ``s{b}`` discount sum, ``q{b}`` count, ``r{b}`` sum and ``x{b}`` sum of squares of discount/total | retention |
-| ``dr:{campaign}`` | zset | the last few redemptions' ``{discount/total}\x1f{event_id}`` -> event time | retention |
+| ``g:{campaign}:{seg}`` | hash | per bucket: ``n{b}`` redemptions; over those with a discount and a total: ``s{b}`` discount sum, ``q{b}`` count, ``r{b}`` sum and ``x{b}`` sum of squares of discount/total, ``y{b}`` sum of squared discounts | retention |
+| ``dr:{campaign}`` | zset | the last few redemptions' ``{discount/total}\x1f{discount}\x1f{event_id}`` -> event time | retention |
 | ``gc:{campaign}`` | zset | codes redeemed -> last event time (capped) | memory |
 | ``gm:{campaign}`` | zset | codes with 2+ distinct accounts -> last event time (capped) | memory |
 | ``o:{seg}`` | hash | ``n{b}`` all orders, with or without a code | retention |

@@ -1,0 +1,123 @@
+"""A misconfigured discount, on small hand-made streams, embedded store and Redis.
+
+A campaign giving the same amount off every order is judged by that amount: its ratio to the
+order's value is high on small orders by nature (200 off a 450 order is 44%). A campaign giving a
+percentage is judged by the ratio.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from detector.alerts.record import Alert
+from detector.app import replay
+from detector.config import load_config
+
+T0 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
+WARM = timedelta(hours=6)  # ~180 orders: the campaign's norm is learned
+
+
+def ts(after: timedelta) -> str:
+    return (T0 + after).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def order(at: timedelta, total: float, discount: float) -> str:
+    n = uuid.uuid4().hex
+    ev: dict[str, Any] = {
+        "event_id": str(uuid.UUID(n)),
+        "ts": ts(at),
+        "order_id": n[:12],
+        "account_id": f"acc-{n[:8]}",
+        "account_created_at": "2024-06-01T00:00:00Z",
+        "promo_code": "WELCOME26",
+        "campaign_id": "WELCOME",
+        "order_total": total,
+        "discount": discount,
+        "currency": "RUB",
+        "ip": f"10.{int(n[0:2], 16)}.{int(n[2:4], 16)}.1",
+        "device_id": f"d-{n[8:16]}",
+    }
+    return orjson.dumps(ev).decode()
+
+
+def usual(rng: random.Random, off: Any) -> list[str]:
+    """Orders every 2 minutes for ``WARM``, lognormal totals (median 3,600), ``off(total)``."""
+    lines = []
+    for m in range(0, int(WARM.total_seconds() // 60), 2):
+        total = round(3600 * rng.lognormvariate(0, 0.7), 2)
+        lines.append(order(timedelta(minutes=m, seconds=rng.uniform(0, 100)), total, off(total)))
+    return lines
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.stack)])
+def discount_alerts(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    def go(lines: list[str]) -> list[Alert]:
+        lines.sort(key=lambda s: orjson.loads(s)["ts"])
+        path = tmp_path / "events.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        over: dict[str, Any] = {"campaigns": {"WELCOME": {"kind": "public"}}}
+        if request.param == "redis":
+            url = request.getfixturevalue("redis_url")
+            over["redis"] = {"url": url, "key_prefix": request.getfixturevalue("redis_prefix")}
+        out = tmp_path / "alerts.jsonl"
+        out.unlink(missing_ok=True)
+        replay(load_config(None, over), str(path), alerts_out=str(out), backend=request.param)
+        alerts = [Alert.from_json(line) for line in out.read_bytes().splitlines()]
+        return [a for a in alerts if a.rule == "discount_anomaly" and a.status == "firing"]
+
+    return go
+
+
+def fixed(amount: float) -> Any:
+    return lambda total: min(amount, total)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_small_orders_at_a_fixed_amounts_usual_value_do_not_page(
+    discount_alerts: Any, seed: int
+) -> None:
+    rng = random.Random(seed)
+    lines = usual(rng, fixed(200.0))
+    # Three small carts in a row, 200 off each: 30-50% of their value, the usual discount.
+    for i in range(3):
+        lines.append(order(WARM + timedelta(minutes=i), rng.uniform(400, 650), 200.0))
+    assert discount_alerts(lines) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("multiplier", [5, 10, 20])
+def test_a_fixed_amount_set_several_times_higher_pages_by_the_second_broken_order(
+    discount_alerts: Any, seed: int, multiplier: int
+) -> None:
+    rng = random.Random(seed)
+    lines = usual(rng, fixed(200.0))
+    broken = [WARM + timedelta(minutes=m) for m in (1, 3, 4)]
+    for at in broken:
+        total = round(3600 * rng.lognormvariate(0, 0.7), 2)
+        lines.append(order(at, total, min(200.0 * multiplier, total)))
+    (alert,) = discount_alerts(lines)
+    assert alert.severity == "page"
+    assert ts(broken[0]) <= alert.detected_at <= ts(broken[1])
+    assert "fixed 200.00 per order" in alert.summary
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_percentage_set_to_nearly_all_of_the_order_pages_by_the_second_broken_order(
+    discount_alerts: Any, seed: int
+) -> None:
+    rng = random.Random(seed)
+    lines = usual(rng, lambda total: round(total * 0.1, 2))
+    broken = [WARM + timedelta(minutes=m) for m in (1, 3, 4)]
+    for at in broken:
+        total = round(3600 * rng.lognormvariate(0, 0.7), 2)
+        lines.append(order(at, total, round(total * rng.uniform(0.9, 1.0), 2)))
+    (alert,) = discount_alerts(lines)
+    assert ts(broken[0]) <= alert.detected_at <= ts(broken[1])
+    assert "its norm is 10%" in alert.summary
