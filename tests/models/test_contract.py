@@ -32,9 +32,12 @@ def stream(n: int, kind: str, seed: int = 0, start: int = 0) -> Iterator[dict[st
     for i in range(start, start + n):
         if kind == "count":
             v = float(rng.randint(5, 15) + (40 if i % 97 == 0 else 0))
+            yield {"value": v, "t": T0 + 60.0 * i}
         else:
             v = 0.2 + 0.05 * rng.random() + (0.4 if i % 89 == 0 else 0.0)
-        yield {"value": v, "t": T0 + 60.0 * i}
+            # Ratios come with their orders' discount amounts (DiscountBaseline learns both).
+            a = 1000.0 * v
+            yield {"value": v, "amount": a, "amount_m2": a * a, "t": T0 + 60.0 * i}
 
 
 def feed(model: Any, xs: Iterator[dict[str, float]]) -> list[float]:
