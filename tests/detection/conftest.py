@@ -38,3 +38,24 @@ def simulate_and_replay(tmp_path: Path) -> Callable[..., Replayed]:
         return alerts, truth, cfg
 
     return go
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.stack)])
+def replay_lines(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[list[str], dict[str, Any]], list[Alert]]:
+    """Replay hand-made event lines (in time order) on the embedded store and on Redis."""
+
+    def go(lines: list[str], over: dict[str, Any]) -> list[Alert]:
+        path = tmp_path / "events.jsonl"
+        path.write_text("\n".join(sorted(lines, key=lambda s: orjson.loads(s)["ts"])) + "\n")
+        over = dict(over)
+        if request.param == "redis":
+            url = request.getfixturevalue("redis_url")
+            over["redis"] = {"url": url, "key_prefix": request.getfixturevalue("redis_prefix")}
+        out = tmp_path / "alerts.jsonl"
+        out.unlink(missing_ok=True)
+        replay(load_config(None, over), str(path), alerts_out=str(out), backend=request.param)
+        return [Alert.from_json(line) for line in out.read_bytes().splitlines()]
+
+    return go

@@ -10,15 +10,12 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from detector.alerts.record import Alert
-from detector.app import replay
-from detector.config import load_config
 
 T0 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
 WARM = timedelta(hours=6)  # ~180 orders: the campaign's norm is learned
@@ -56,20 +53,10 @@ def usual(rng: random.Random, off: Any) -> list[str]:
     return lines
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.stack)])
-def discount_alerts(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+@pytest.fixture
+def discount_alerts(replay_lines: Any) -> Any:
     def go(lines: list[str]) -> list[Alert]:
-        lines.sort(key=lambda s: orjson.loads(s)["ts"])
-        path = tmp_path / "events.jsonl"
-        path.write_text("\n".join(lines) + "\n")
-        over: dict[str, Any] = {"campaigns": {"WELCOME": {"kind": "public"}}}
-        if request.param == "redis":
-            url = request.getfixturevalue("redis_url")
-            over["redis"] = {"url": url, "key_prefix": request.getfixturevalue("redis_prefix")}
-        out = tmp_path / "alerts.jsonl"
-        out.unlink(missing_ok=True)
-        replay(load_config(None, over), str(path), alerts_out=str(out), backend=request.param)
-        alerts = [Alert.from_json(line) for line in out.read_bytes().splitlines()]
+        alerts = replay_lines(lines, {"campaigns": {"WELCOME": {"kind": "public"}}})
         return [a for a in alerts if a.rule == "discount_anomaly" and a.status == "firing"]
 
     return go

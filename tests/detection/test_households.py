@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from detector.alerts.record import Alert
-from detector.app import replay
-from detector.config import load_config
 
 T0 = datetime(2026, 3, 2, 4, 0, tzinfo=UTC)
 
@@ -47,9 +44,9 @@ def order(at: timedelta, account: str, device: str | None, ip: str | None, code:
     return orjson.dumps(ev).decode()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.stack)])
-def code_alerts(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """Replay hand-made uses of personal code NY1 (plus background traffic) on one store."""
+@pytest.fixture
+def code_alerts(replay_lines: Any) -> Any:
+    """Replay hand-made uses of personal code NY1 (plus background traffic)."""
 
     def go(uses: list[tuple[timedelta, str, str | None, str | None]]) -> list[Alert]:
         # Other owners of the campaign's codes, each once, every 20 minutes over the day.
@@ -58,16 +55,7 @@ def code_alerts(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
             for m in range(0, 24 * 60, 20)
         ]
         lines += [order(dt, acc, dev, ip, "NY1") for dt, acc, dev, ip in uses]
-        lines.sort(key=lambda s: orjson.loads(s)["ts"])
-        path = tmp_path / "events.jsonl"
-        path.write_text("\n".join(lines) + "\n")
-        over: dict[str, Any] = {"campaigns": {"NY-MAIL": {"kind": "personal"}}}
-        if request.param == "redis":
-            url = request.getfixturevalue("redis_url")
-            over["redis"] = {"url": url, "key_prefix": request.getfixturevalue("redis_prefix")}
-        out = tmp_path / "alerts.jsonl"
-        replay(load_config(None, over), str(path), alerts_out=str(out), backend=request.param)
-        alerts = [Alert.from_json(line) for line in out.read_bytes().splitlines()]
+        alerts = replay_lines(lines, {"campaigns": {"NY-MAIL": {"kind": "personal"}}})
         return [a for a in alerts if a.key == "NY1" and a.status == "firing"]
 
     return go
