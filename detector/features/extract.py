@@ -22,6 +22,10 @@ CAMPAIGN_CODES_CAP = 5000
 SEP = "\x1f"
 # A campaign's last redemptions, for spotting a discount change within a couple of orders.
 RECENT_RATIOS = 8
+# Sums of discounts (and of their squares) must stay finite, or Redis refuses the increment and
+# the batch can never be applied: an order's discount counts at most this much (no real order
+# comes near; any finite amount is a valid event).
+AMOUNT_CAP = 1e15
 
 
 class Entity(NamedTuple):
@@ -163,14 +167,15 @@ class Extractor:
         delta.incr(ck, f"n{b}")
         if ev.discount is not None and ev.order_total:
             ratio = ev.discount / ev.order_total
-            delta.incr(ck, f"s{b}", ev.discount)
+            amount = min(ev.discount, AMOUNT_CAP)
+            delta.incr(ck, f"s{b}", amount)
             delta.incr(ck, f"q{b}")
             delta.incr(ck, f"r{b}", ratio)
             delta.incr(ck, f"x{b}", ratio * ratio)
-            delta.incr(ck, f"y{b}", ev.discount * ev.discount)
+            delta.incr(ck, f"y{b}", amount * amount)
             delta.seen(
                 k.campaign_ratios(camp),
-                f"{ratio:.6f}{SEP}{ev.discount:.2f}{SEP}{ev.event_id}",
+                f"{ratio:.6f}{SEP}{amount:.2f}{SEP}{ev.event_id}",
                 ts,
                 RECENT_RATIOS,
             )

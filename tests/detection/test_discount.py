@@ -108,3 +108,13 @@ def test_a_percentage_set_to_nearly_all_of_the_order_pages_by_the_second_broken_
     (alert,) = discount_alerts(lines)
     assert ts(broken[0]) <= alert.detected_at <= ts(broken[1])
     assert "its norm is 10%" in alert.summary
+
+
+def test_absurd_but_valid_discounts_page_instead_of_stopping_the_detector(
+    discount_alerts: Any,
+) -> None:
+    # Any finite amount is a valid event; their squares overflow a float (Redis refuses inf).
+    lines = usual(random.Random(0), lambda total: round(total * 0.1, 2))
+    lines += [order(WARM + timedelta(minutes=m), 1e300, 1e300) for m in (1, 2, 3)]
+    (alert,) = discount_alerts(lines)
+    assert alert.detected_at <= ts(WARM + timedelta(minutes=2))
