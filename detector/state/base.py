@@ -14,32 +14,20 @@ transitions, model snapshots) are written by ``commit`` atomically with their ou
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-# Sets of at most this many members are counted member by member by a ``Gate`` (and may live
-# compact in Redis): most codes and accounts are seen once.
+# Sets of at most this many members may live compact in Redis: most codes and accounts are seen
+# once.
 SMALL_SET = 4
 
 
 class Gate(NamedTuple):
-    """At least ``least`` members of set ``key`` start with ``prefix``: counted exactly while the
-    set has at most ``SMALL_SET`` members, bounded by its size beyond (both stores alike)."""
+    """Set ``key`` holds at least ``least`` members (both stores alike)."""
 
     key: str
     least: int
-    prefix: str = ""
-
-
-def passes(gate: Gate, members: Iterable[str], size: int) -> bool:
-    """Whether a set of ``size`` members (``members``: them, read only when the set is small)
-    passes ``gate``."""
-    if size < gate.least:
-        return False
-    if size > SMALL_SET or not gate.prefix:
-        return True
-    return sum(m.startswith(gate.prefix) for m in members) >= gate.least
 
 
 @dataclass(slots=True)

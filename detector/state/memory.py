@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from detector.errors import StaleProgress
-from detector.state.base import Commit, Delta, Progress, Read, ReadResult, passes
+from detector.state.base import Commit, Delta, Progress, Read, ReadResult
 from detector.state.keys import Keys
 
 _SWEEP_EVERY = 256
@@ -65,11 +65,9 @@ class MemoryStore:
                     )
         now = self._merge(delta)
         self._dirty |= delta.dirty
-        passed = set()
-        for m, gate in delta.gated.items():
-            z = self._zsets.get(gate.key, {})
-            if passes(gate, z, len(z)):
-                passed.add(m)
+        passed = {
+            m for m, gate in delta.gated.items() if len(self._zsets.get(gate.key, ())) >= gate.least
+        }
         self._dirty |= passed
         if progress is not None:
             p = self._offsets.setdefault(progress.source, Progress(progress.source))

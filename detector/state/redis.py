@@ -132,7 +132,7 @@ end
 # ARGV: n_checks, (offset_key, expected or '' for none stored)*, n_sets, (key, value)*,
 #       key prefix, compact hash prefix, default_ttl, n_counters, (key, field, by)*,
 #       n_zsets, (key, ttl, cap, compact shard or '', n, (score, member)*)*,
-#       dirty_key, n_dirty, member*, n_gated, (member, set key, least, prefix)*.
+#       dirty_key, n_dirty, member*, n_gated, (member, set key, least)*.
 # Returns {0, gated member added to dirty*} when applied, else {index of the stale check, offset
 # stored there or ''}.
 _APPLY_LUA = (
@@ -239,29 +239,22 @@ for _ = 1, n do redis.call('SADD', dirty, ARGV[i]); i = i + 1 end
 n = tonumber(ARGV[i]); i = i + 1
 local passed = {0}
 for _ = 1, n do
-  local key, least, pre = ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
-  local mems = {}
+  local key, least = ARGV[i + 1], tonumber(ARGV[i + 2])
+  local size = 0
   if sizes[key] then
-    for _, ms in pairs(sizes[key]) do for _, m in ipairs(ms) do mems[#mems + 1] = m end end
+    for _, ms in pairs(sizes[key]) do size = size + #ms end
+  else
+    size = redis.call('ZCARD', key)
   end
-  local size = sizes[key] and #mems or redis.call('ZCARD', key)
-  local ok = size >= least
-  if ok and size <= SMALL and pre ~= '' then
-    -- A small set: count its members with the prefix (accounts among a code's members).
-    if not sizes[key] then mems = redis.call('ZRANGE', key, 0, -1) end
-    local c = 0
-    for _, m in ipairs(mems) do if string.sub(m, 1, #pre) == pre then c = c + 1 end end
-    ok = c >= least
-  end
-  if ok then
+  if size >= least then
     redis.call('SADD', dirty, ARGV[i])
     passed[#passed + 1] = ARGV[i]
   end
-  i = i + 4
+  i = i + 3
 end
 return passed
 """
-).replace("COMPACT)", f"{SMALL_SET})").replace("<= SMALL ", f"<= {SMALL_SET} ")
+).replace("COMPACT)", f"{SMALL_SET})")
 
 # Claims live in hashes per (time slice of the Redis clock, shard of the event id), instead of one
 # key with its own TTL per event: a slice's hashes expire together, and the claims of one batch are

@@ -242,20 +242,3 @@ def test_a_stale_writer_leaves_no_compact_set_behind(store: Store) -> None:
     assert _members(store, key) == []
 
 
-def test_a_prefixed_gate_counts_the_members_of_a_small_set_and_bounds_a_large_one(
-    store: Store,
-) -> None:
-    small, large = k(store).code_distinct("P1"), k(store).code_distinct("P2")
-    d = Delta()
-    for m in ("a:1", "d:1", "i:1"):  # one account, its device and IP
-        d.seen(small, m, 1000.0, 100, None, True)
-    for i in range(3):  # one account on 5 devices: too many members to count
-        d.seen(large, f"d:{i}", 1000.0, 100, None, True)
-    d.seen(large, "a:1", 1000.0, 100, None, True)
-    d.seen(large, "i:1", 1000.0, 100, None, True)
-    d.gated = {"small": Gate(small, 2, "a:"), "large": Gate(large, 2, "a:")}
-    assert store.apply(d, None) == {"large"}
-    d = Delta()
-    d.seen(small, "a:2", 1010.0, 100, None, True)
-    d.gated = {"second account": Gate(small, 2, "a:")}
-    assert store.apply(d, None) == {"second account"}
