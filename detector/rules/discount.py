@@ -30,13 +30,14 @@ class DiscountAnomaly:
         ratios = [r for r, _ in recent]
         model = ctx.ratio_baseline(camp)
         fixed = model.fixed_amount(cfg.fixed_amount_cv) if model is not None else None
+        what = "discounts of {:.0%} of their value on average"
         if fixed is not None:
             # The same amount off every order: only the amount can tell a changed setting from
             # a small order (whose ratio is high by nature).
             norm = f"its norm is a fixed {fixed:,.2f} per order"
             amounts = [a for _, a in recent]
-            line = fixed * cfg.min_factor
-            hit = _first_hit(amounts, cfg.min_redemptions, lambda j: line)
+            least = fixed * cfg.min_factor
+            hit = _first_hit(amounts, cfg.min_redemptions, lambda j: least)
             what = "discounts of {:,.2f} on average"
         elif model is not None and model.warmed_up:
             mean, std = model.expected(), model.std()
@@ -47,14 +48,12 @@ class DiscountAnomaly:
                 cfg.min_redemptions,
                 lambda j: min(max(base, mean + cfg.min_sigmas * std / math.sqrt(j)), 1.0),
             )
-            what = "discounts of {:.0%} of their value on average"
         else:
             norm = "no norm learned yet"
             j = cfg.min_redemptions + 1
             hit = None
             if len(ratios) >= j and min(ratios[:j]) >= cfg.absolute_ratio:
                 hit = (j, sum(ratios[:j]) / j, cfg.absolute_ratio)
-            what = "discounts of {:.0%} of their value on average"
         if hit is None:
             return None
         j, value, line = hit
