@@ -89,8 +89,8 @@ end
 return 0
 """
 
-# Compact sets: a per-entity distinct set holding one member set (one event's account, device and
-# IP, say: most codes and accounts are seen once) lives as a field of a shared hash instead of a
+# Compact sets: a per-entity distinct set holding one member set (one event's redeemer triple, say:
+# most codes and accounts are seen once) lives as a field of a shared hash instead of a
 # key of its own (~200 B of key, TTL and zset overhead). The hashes are per time slice of the Redis
 # clock, as the claims: ``c:{ttl}:{slice}:{shard}``, a slice lasting a quarter of the set's TTL, so
 # a field written in slice s stays until s ends plus the TTL (1 to 1.25 TTLs, never less than the
@@ -98,7 +98,8 @@ return 0
 # value a MessagePack array of score, member, member..., score, member... The set is promoted to its
 # own zset when a member it does not hold arrives (or more than SMALL_SET would), with the
 # same trims as the zset. COMPACT_SHARDS keeps 1M fields at ~60 a hash: listpacks while values
-# stay within 64 B (a code's a:/d:/i: members are ~60 B), no Redis configuration needed.
+# stay within 64 B (a code's redeemer triple with an IPv4 address is ~45 B; IPv6 may exceed it
+# and turn its hash into a hashtable), no Redis configuration needed.
 COMPACT_SHARDS = 16384
 
 # Shared by the apply and read scripts: the hashes a compact set may live in, newest first, and
@@ -160,7 +161,7 @@ for _ = 1, n do
   i = i + 3
 end
 for key, _ in pairs(hashes) do redis.call('EXPIRE', key, ttl) end
-local sizes = {}  -- compact sets written: their members by score
+local sizes = {}  -- compact sets written: their member counts
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   local key, kttl = ARGV[i], tonumber(ARGV[i + 1])
@@ -205,7 +206,7 @@ for _ = 1, n do
       end
       redis.call('HSET', hs[1], field, cmsgpack.pack(packed))
       redis.call('EXPIREAT', hs[1], until_ts)
-      sizes[key] = by
+      sizes[key] = size
       batch = nil
     else
       batch = {}  -- promoted: the zset gets the compact members too
@@ -240,12 +241,7 @@ n = tonumber(ARGV[i]); i = i + 1
 local passed = {0}
 for _ = 1, n do
   local key, least = ARGV[i + 1], tonumber(ARGV[i + 2])
-  local size = 0
-  if sizes[key] then
-    for _, ms in pairs(sizes[key]) do size = size + #ms end
-  else
-    size = redis.call('ZCARD', key)
-  end
+  local size = sizes[key] or redis.call('ZCARD', key)
   if size >= least then
     redis.call('SADD', dirty, ARGV[i])
     passed[#passed + 1] = ARGV[i]
