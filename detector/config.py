@@ -207,6 +207,11 @@ class BotFarmRule(_Rule):
     # Fresh accounts on the code within ``window``, and their least share of its new accounts.
     min_fresh_accounts: int = Field(default=3, ge=2)
     min_fresh_share: float = Field(default=0.3, ge=0, le=1)
+    # How unlikely that many fresh accounts must be among the code's new ones, were each new
+    # account fresh with probability ``expected_fresh_share`` (binomial tail). The default share,
+    # None, is fresh_account_age_s / new_account_age_s: registrations spread over the day.
+    max_fresh_pvalue: float = Field(default=1e-5, gt=0, le=1)
+    expected_fresh_share: float | None = Field(default=None, gt=0, lt=1)
 
 
 class DiscountAnomalyRule(_Rule):
@@ -233,6 +238,11 @@ class DiscountAnomalyRule(_Rule):
     # a fixed amount: judged by amount (``min_factor`` times its usual amount), not by ratio.
     # 0 judges every campaign by ratio.
     fixed_amount_cv: float = Field(default=0.05, ge=0, le=1)
+    # A campaign whose judged discount (ratio, or amount) varies by at most this share of its
+    # mean gives exactly its setting: one order far above it is already a changed setting, so
+    # ``min_redemptions`` is 1 there (a misconfiguration at night may see a single order).
+    # 0 keeps ``min_redemptions`` everywhere.
+    exact_cv: float = Field(default=0.01, ge=0, le=1)
 
 
 class AccountStackingRule(_Rule):

@@ -88,11 +88,11 @@ class DiscountBaseline(AnomalyDetector):
     def fixed_amount(self, max_cv: float) -> float | None:
         """The campaign's usual discount amount if its orders get nearly the same one (standard
         deviation at most ``max_cv`` of the mean, once warmed up); None otherwise."""
-        if max_cv <= 0 or self._aw < WARMUP or self._a <= 0:
-            return None
-        mean = self._a / self._aw
-        var = max(self._a2 / self._aw - mean * mean, 0.0)
-        return mean if math.sqrt(var) <= max_cv * mean else None
+        return _steady(self._aw, self._a, self._a2, max_cv)
+
+    def exact_ratio(self, max_cv: float) -> bool:
+        """Whether every order gets nearly the same ratio (as ``fixed_amount``, unfloored std)."""
+        return _steady(self._w, self._s, self._s2, max_cv) is not None
 
     def band(self) -> tuple[float, float]:
         mean, std = self.expected(), self.std()
@@ -110,3 +110,11 @@ class DiscountBaseline(AnomalyDetector):
         vals = [float(v) for v in json.loads(data)] + [0.0, 0.0, 0.0]
         m._w, m._s, m._s2, m._seen, m._aw, m._a, m._a2 = vals[:7]
         return m
+
+
+def _steady(w: float, s: float, s2: float, max_cv: float) -> float | None:
+    """The mean of a weighted sum if its standard deviation is at most ``max_cv`` of it."""
+    if max_cv <= 0 or w < WARMUP or s <= 0:
+        return None
+    mean = s / w
+    return mean if math.sqrt(max(s2 / w - mean * mean, 0.0)) <= max_cv * mean else None

@@ -45,20 +45,28 @@ class BotFarm:
         # A slow farm reuses no device in its first minutes, but its accounts were registered
         # just before their orders; legitimate new customers registered any time that day. On a
         # personal code, strangers registering to use it are a leak: code_shared pages that.
+        # On a busy code a few fresh ones among many new ones are chance: the binomial tail says
+        # how unlikely they are (3 of 9 is 1 in 1,400 at 2%; 3 of 3 is 1 in 110,000).
         fresh = f.fresh_accounts[w]
         if (
             fresh >= cfg.min_fresh_accounts
             and fresh >= cfg.min_fresh_share * accounts
             and personal_norm(f, ctx) is None
         ):
-            age = window_label(int(ctx.cfg.windows.fresh_account_age_s))
+            wins = ctx.cfg.windows
+            share = cfg.expected_fresh_share or wins.fresh_account_age_s / wins.new_account_age_s
+            p = binomial_tail(fresh, accounts, share)
+            if p > cfg.max_fresh_pvalue:
+                return None
+            age = window_label(int(wins.fresh_account_age_s))
             return self._finding(
                 f,
                 cfg,
                 value=float(fresh),
                 threshold=float(cfg.min_fresh_accounts),
                 summary=f"code {f.entity.key}: {fresh} accounts registered less than {age} "
-                f"before their order redeemed it in {win} ({fresh} of {accounts} new accounts); "
+                f"before their order redeemed it in {win} ({fresh} of {accounts} new accounts; "
+                f"{odds(p)} by chance if {share:.1%} of new accounts were that fresh); "
                 f"likely a bot farm starting: review the accounts and their devices and IPs.",
             )
         return None
@@ -76,3 +84,22 @@ class BotFarm:
             threshold=threshold,
             summary=summary,
         )
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed upward from the k-th term."""
+    if p >= 1:
+        return 1.0
+    term = math.comb(n, k) * p**k * (1 - p) ** (n - k)
+    total = 0.0
+    for i in range(k, n + 1):
+        total += term
+        term *= (n - i) / (i + 1) * p / (1 - p)
+    return min(total, 1.0)
+
+
+def odds(p: float) -> str:
+    """'1 in 46,000' for 2.2e-5: two significant figures, read at a glance."""
+    if p <= 1e-9:
+        return "under 1 in a billion"
+    return f"1 in {float(f'{1 / p:.2g}'):,.0f}"

@@ -30,22 +30,24 @@ class DiscountAnomaly:
         ratios = [r for r, _ in recent]
         model = ctx.ratio_baseline(camp)
         fixed = model.fixed_amount(cfg.fixed_amount_cv) if model is not None else None
-        what = "discounts of {:.0%} of their value on average"
+        what = "{:.0%} of the order value"
         if fixed is not None:
             # The same amount off every order: only the amount can tell a changed setting from
             # a small order (whose ratio is high by nature).
             norm = f"its norm is a fixed {fixed:,.2f} per order"
             amounts = [a for _, a in recent]
             least = fixed * cfg.min_factor
-            hit = _first_hit(amounts, cfg.min_redemptions, lambda j: least)
-            what = "discounts of {:,.2f} on average"
+            exact = model is not None and model.fixed_amount(cfg.exact_cv) is not None
+            hit = _first_hit(amounts, 1 if exact else cfg.min_redemptions, lambda j: least)
+            what = "{:,.2f}"
         elif model is not None and model.warmed_up:
             mean, std = model.expected(), model.std()
             norm = f"its norm is {mean:.0%} (sd {std:.0%})"
             base = max(mean * cfg.min_factor, cfg.min_ratio)
+            exact = model.exact_ratio(cfg.exact_cv)
             hit = _first_hit(
                 ratios,
-                cfg.min_redemptions,
+                1 if exact else cfg.min_redemptions,
                 lambda j: min(max(base, mean + cfg.min_sigmas * std / math.sqrt(j)), 1.0),
             )
         else:
@@ -58,6 +60,12 @@ class DiscountAnomaly:
             return None
         j, value, line = hit
         given = f.discount_sum.get("short", 0.0)
+        shown = what.format(value)
+        got = (
+            f"its last {j} orders got discounts of {shown} on average"
+            if j > 1
+            else f"its last order got a discount of {shown}"
+        )
         return Finding(
             rule=self.name,
             scope="campaign",
@@ -66,8 +74,8 @@ class DiscountAnomaly:
             severity=cfg.severity,
             value=round(value, 4),
             threshold=round(line, 4),
-            summary=f"campaign {camp}: its last {j} orders got {what.format(value)}; {norm}; "
-            f"{given:,.0f} given in 10 min. Check the campaign's discount setting.",
+            summary=f"campaign {camp}: {got}; {norm}; {given:,.0f} given in 10 min. Check the "
+            "campaign's discount setting.",
         )
 
 

@@ -60,6 +60,12 @@ def test_a_fresh_share_above_one_names_the_key_and_the_range(tmp_path: Path) -> 
         load_config(write(tmp_path, text))
 
 
+def test_a_zero_fresh_pvalue_names_the_key_and_the_range(tmp_path: Path) -> None:
+    text = "rules:\n  bot_farm:\n    max_fresh_pvalue: 0\n"
+    with pytest.raises(ConfigError, match=r"rules\.bot_farm\.max_fresh_pvalue.*0.*greater than 0"):
+        load_config(write(tmp_path, text))
+
+
 def test_per_campaign_overrides_apply_only_to_that_campaign(tmp_path: Path) -> None:
     text = (
         "campaigns:\n  NY:\n    kind: personal\n    rules:\n"

@@ -118,3 +118,36 @@ def test_absurd_but_valid_discounts_page_instead_of_stopping_the_detector(
     lines += [order(WARM + timedelta(minutes=m), 1e300, 1e300) for m in (1, 2, 3)]
     (alert,) = discount_alerts(lines)
     assert alert.detected_at <= ts(WARM + timedelta(minutes=2))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_order_far_above_an_exact_percentage_pages_at_that_order(
+    discount_alerts: Any, seed: int
+) -> None:
+    # A misconfiguration at night may see a single order before it is fixed; on a campaign that
+    # gives exactly 20% off, one order at 95% is already a changed setting.
+    rng = random.Random(seed)
+    lines = usual(rng, lambda total: round(total * 0.2, 2))
+    alone = WARM + timedelta(minutes=15)  # no other order of the campaign within 10 minutes
+    lines.append(order(alone, 3000.0, 2850.0))
+    (alert,) = discount_alerts(lines)
+    assert alert.detected_at == ts(alone)
+    assert "its last order got a discount of 95% of the order value; its norm is 20%" in (
+        alert.summary
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_high_order_on_a_campaign_with_varied_discounts_waits_for_another_order(
+    discount_alerts: Any, seed: int
+) -> None:
+    # Discounts of 5-15% (tiers, caps): one 95% order alone could be a tier nobody modelled.
+    rng = random.Random(seed)
+    lines = usual(rng, lambda total: round(total * rng.uniform(0.05, 0.15), 2))
+    lines.append(order(WARM + timedelta(minutes=15), 3000.0, 2850.0))
+    assert discount_alerts(lines) == []
+    # the next order within 10 minutes makes two: their mean (52%) is far above the norm
+    lines.append(order(WARM + timedelta(minutes=20), 3000.0, 300.0))
+    (alert,) = discount_alerts(lines)
+    assert alert.detected_at == ts(WARM + timedelta(minutes=20))
+    assert "its last 2 orders got discounts of 52% of the order value on average" in alert.summary

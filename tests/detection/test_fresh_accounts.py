@@ -39,7 +39,12 @@ def order(at: datetime, account: str, age: timedelta, code: str, campaign: str) 
     }
 
 
-def alerts_for(tmp_path: Path, events: list[dict[str, Any]], kinds: dict[str, str]) -> list[Alert]:
+def alerts_for(
+    tmp_path: Path,
+    events: list[dict[str, Any]],
+    kinds: dict[str, str],
+    rules: dict[str, Any] | None = None,
+) -> list[Alert]:
     # An hour of regulars first, so that the stream looks like a shop and not a cold start.
     regulars = [
         order(T0 - timedelta(minutes=60 - m), f"regular-{m}", timedelta(days=400), "SALE26", "SALE")
@@ -48,7 +53,9 @@ def alerts_for(tmp_path: Path, events: list[dict[str, Any]], kinds: dict[str, st
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in regulars + events))
     out = tmp_path / "alerts.jsonl"
-    cfg = load_config(None, {"campaigns": {c: {"kind": k} for c, k in kinds.items()}})
+    out.unlink(missing_ok=True)  # replay skips alerts already in its file
+    over: dict[str, Any] = {"campaigns": {c: {"kind": k} for c, k in kinds.items()}}
+    cfg = load_config(None, {**over, "rules": rules or {}})
     replay(cfg, str(path), alerts_out=str(out))
     return [Alert.from_json(line) for line in out.read_bytes().splitlines()]
 
@@ -90,3 +97,52 @@ def test_fresh_strangers_on_a_personal_code_page_as_a_leak_not_as_a_farm(tmp_pat
     ]
     alerts = alerts_for(tmp_path, fresh, {"NY": "personal", "SALE": "public"})
     assert {(a.rule, a.key) for a in alerts if a.status == "firing"} == {("code_shared", "NY7QK2")}
+
+
+def _fresh_among_newcomers(fresh_n: int, newcomers: int) -> list[dict[str, Any]]:
+    # after the last regular (T0 - 2 min): in order, none of them late
+    day_old = [
+        order(T0 + timedelta(seconds=s), f"newcomer-{s}", timedelta(hours=10), "SALE26", "SALE")
+        for s in range(-110, -110 + 10 * newcomers, 10)
+    ]
+    fresh = [
+        order(T0 + timedelta(minutes=m), f"fresh-{m}", timedelta(minutes=8), "SALE26", "SALE")
+        for m in range(fresh_n)
+    ]
+    return day_old + fresh
+
+
+def test_three_fresh_of_nine_new_accounts_on_a_busy_code_are_chance_and_do_not_page(
+    tmp_path: Path,
+) -> None:
+    # 33 % fresh clears the share, but 3 of 9 happens once in 1,400 windows when 2 % of new
+    # accounts are fresh: a busy public code sees that over a few days (clean seed 151 did).
+    events = _fresh_among_newcomers(3, 6)
+    alerts = alerts_for(tmp_path, events, {"SALE": "public"})
+    assert [a for a in alerts if a.rule == "bot_farm"] == []
+    # a team that accepts 1 false page in 1,000 such windows gets it
+    loose = {"bot_farm": {"max_fresh_pvalue": 1e-3}}
+    alerts = alerts_for(tmp_path, events, {"SALE": "public"}, loose)
+    assert ["3 of 9 new accounts; 1 in 1,400" in a.summary for a in alerts] == [True]
+
+
+def test_a_fifth_fresh_account_among_ten_new_ones_pages_with_the_odds_in_the_summary(
+    tmp_path: Path,
+) -> None:
+    events = _fresh_among_newcomers(5, 5)
+    alerts = alerts_for(tmp_path, events, {"SALE": "public"})
+    pages = [a for a in alerts if a.rule == "bot_farm" and a.status == "firing"]
+    assert [(a.key, a.value) for a in pages] == [("SALE26", 5.0)]
+    assert pages[0].detected_at == events[-1]["ts"]  # 4 of 9 (1 in 46,000) is not enough
+    assert "5 of 10 new accounts; 1 in 1,100,000 by chance if 2.1% of new accounts" in (
+        pages[0].summary
+    )
+
+
+def test_a_shop_whose_customers_register_at_checkout_sets_the_expected_fresh_share(
+    tmp_path: Path,
+) -> None:
+    # half of this shop's new customers register minutes before ordering: 5 of 10 is ordinary
+    checkout = {"bot_farm": {"expected_fresh_share": 0.5}}
+    alerts = alerts_for(tmp_path, _fresh_among_newcomers(5, 5), {"SALE": "public"}, checkout)
+    assert alerts == []

@@ -59,3 +59,10 @@ def test_a_snapshot_from_before_amounts_keeps_its_ratio_norm_and_learns_amounts_
     again = DiscountBaseline.restore(old)
     assert (again.expected(), again.std(), again.warmed_up) == (m.expected(), m.std(), True)
     assert again.fixed_amount(0.05) is None
+
+
+def test_a_percentage_campaign_gives_an_exact_ratio_and_a_fixed_amount_campaign_does_not() -> None:
+    assert learned("percent").exact_ratio(0.01)
+    assert not learned("fixed").exact_ratio(0.01)  # 200 off: the ratio follows the order size
+    assert not learned("percent").exact_ratio(0.0)  # 0 turns the single-order test off
+    assert not learned("percent", buckets=2).exact_ratio(0.01)  # not before warm-up
