@@ -211,6 +211,10 @@ class BotFarmRule(_Rule):
     # account fresh with probability ``expected_fresh_share`` (binomial tail). The default share,
     # None, is fresh_account_age_s / new_account_age_s: registrations spread over the day.
     max_fresh_pvalue: float = Field(default=1e-5, gt=0, le=1)
+    # Already at this p when at least ``min_shared_accounts`` of the new accounts share a device
+    # or an IP with another: each alone is common enough on a busy code, both together are not.
+    max_fresh_pvalue_shared: float = Field(default=1e-3, gt=0, le=1)
+    min_shared_accounts: int = Field(default=2, ge=1)
     expected_fresh_share: float | None = Field(default=None, gt=0, lt=1)
 
 

@@ -56,18 +56,24 @@ class BotFarm:
             wins = ctx.cfg.windows
             share = cfg.expected_fresh_share or wins.fresh_account_age_s / wins.new_account_age_s
             p = binomial_tail(fresh, accounts, share)
-            if p > cfg.max_fresh_pvalue:
+            # Accounts beyond one per device or per IP, whichever is fewer: a farm's few proxies.
+            shared = accounts - min(f.new_devices[w] or accounts, f.new_ips[w] or accounts)
+            if p > cfg.max_fresh_pvalue and not (
+                p <= cfg.max_fresh_pvalue_shared and shared >= cfg.min_shared_accounts
+            ):
                 return None
             age = window_label(int(wins.fresh_account_age_s))
+            also = f", {shared} of them on a device or IP of another" if shared else ""
             return self._finding(
                 f,
                 cfg,
                 value=float(fresh),
                 threshold=float(cfg.min_fresh_accounts),
                 summary=f"code {f.entity.key}: {fresh} accounts registered less than {age} "
-                f"before their order redeemed it in {win} ({fresh} of {accounts} new accounts; "
-                f"{odds(p)} by chance if {share:.1%} of new accounts were that fresh); "
-                f"likely a bot farm starting: review the accounts and their devices and IPs.",
+                f"before their order redeemed it in {win} ({fresh} of {accounts} new "
+                f"accounts{also}; {odds(p)} by chance if {share:.1%} of new accounts were that "
+                f"fresh); likely a bot farm starting: review the accounts and their devices "
+                f"and IPs.",
             )
         return None
 
