@@ -62,8 +62,18 @@ DETECTOR = REPO / ".venv" / "bin" / "detector"
 KAFKA = f"127.0.0.1:{os.environ.get('KAFKA_PORT', '29092')}"
 REDIS_URL = f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '26379')}/0"
 DEFAULT_OUT = REPO / "bench" / "results" / "perf.json"
-SECTIONS = ("growth", "ceiling", "run", "replay", "quix", "latency", "soak", "profile")
-DEFAULT_SECTIONS = ("growth", "ceiling", "run", "replay", "quix", "latency")
+SECTIONS = (
+    "growth",
+    "ceiling",
+    "run",
+    "run_scaled",
+    "replay",
+    "quix",
+    "latency",
+    "soak",
+    "profile",
+)
+DEFAULT_SECTIONS = ("growth", "ceiling", "run", "run_scaled", "replay", "quix", "latency")
 
 
 @dataclass(frozen=True)
@@ -464,47 +474,96 @@ def section_ceiling(ctx: Ctx) -> dict[str, Any]:
 
 
 def section_run(ctx: Ctx) -> dict[str, Any]:
-    prefix = f"bench:{ctx.run_id}:run{ctx.tag}:"
+    return _drain(ctx, "run", 1)
+
+
+def section_run_scaled(ctx: Ctx) -> dict[str, Any]:
+    """As many `detector run` instances as cores, in one consumer group over one state: how the
+    detector scales past one process's GIL (docs/operations.md, several instances).
+
+    The instances join an empty copy of the topic and the events are produced once the group is
+    stable: on the loaded topic the first instance would drain alone while the others start,
+    and a rebalance would pause them all mid-measurement."""
+    topic = ctx.topics.create(f"bench-{ctx.run_id}-orders-scaled{ctx.tag}", ctx.p.partitions)
+    return _drain(ctx, "run_scaled", os.cpu_count() or 1, topic)
+
+
+def _stable(ds: list[Detector], quiet_s: float = 2.0, timeout: float = 120) -> None:
+    """Until every instance has partitions and no assignment happened for ``quiet_s``."""
+
+    def count() -> list[int]:
+        return [d.log.read_text(errors="replace").count("partitions assigned") for d in ds]
+
+    seen, since = count(), time.monotonic()
+    deadline = since + timeout
+    while min(seen) == 0 or time.monotonic() - since < quiet_s:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the group did not settle: assignments per instance {seen}")
+        time.sleep(0.2)
+        now = count()
+        if now != seen:
+            seen, since = now, time.monotonic()
+
+
+def _drain(ctx: Ctx, name: str, instances: int, empty_topic: str | None = None) -> dict[str, Any]:
+    """`instances` detectors drain the topic; events/s from the first event seen to the last.
+
+    With ``empty_topic``, they consume it and the events are loaded into it once they settled."""
+    prefix = f"bench:{ctx.run_id}:{name}{ctx.tag}:"
     ctx.prefixes.append(prefix)
-    cfg = detector_config(
-        ctx.workdir, f"run{ctx.tag}", ctx.topic, f"bench-{ctx.run_id}-run{ctx.tag}", prefix
-    )
-    d = Detector(cfg, ctx.workdir / "run.log")
+    group = f"bench-{ctx.run_id}-{name}{ctx.tag}"
+    topic = empty_topic or ctx.topic
+    ds: list[Detector] = []
     try:
-        t_start = d.started
+        for i in range(instances):
+            cfg = detector_config(ctx.workdir, f"{name}{ctx.tag}-{i}", topic, group, prefix)
+            ds.append(Detector(cfg, ctx.workdir / f"{name}-{i}.log"))
+        if empty_topic:
+            _stable(ds)
+            load_topic(empty_topic, ctx.events_path)
+        t_start = ds[0].started
         first: tuple[float, float] | None = None
         deadline = time.monotonic() + 1800
         while True:
-            total = d.events_total()
+            total = sum(d.events_total() for d in ds)
             now = time.monotonic()
             if first is None and total > 0:
                 first = (now, total)
             if total >= ctx.n:
                 break
-            if d.proc.poll() is not None or now > deadline:
-                raise RuntimeError("detector run did not drain:\n" + d.log.read_text()[-3000:])
+            if any(d.proc.poll() is not None for d in ds) or now > deadline:
+                logs = "\n".join(d.log.read_text()[-3000:] for d in ds)
+                raise RuntimeError(f"detector run did not drain:\n{logs}")
             time.sleep(0.2)
         assert first is not None
         done = (now, total)
-        m = d.samples() or {}
-        rss = d.rss()
+        ms = [d.samples() or {} for d in ds]
+        rss = [d.rss() for d in ds]
     finally:
-        rc = d.stop()
+        rcs = [d.stop() for d in ds]
     rate = (done[1] - first[1]) / (done[0] - first[0]) if done[0] > first[0] else 0.0
-    outcomes = {k.split('"')[1]: v for k, v in m.items() if k.startswith("detector_events_total{")}
+    outcomes: dict[str, float] = {}
+    for m in ms:
+        for k, v in m.items():
+            if k.startswith("detector_events_total{"):
+                outcomes[k.split('"')[1]] = outcomes.get(k.split('"')[1], 0) + v
     return {
+        "instances": instances,
         "events": int(done[1]),
         "events_per_s": round(rate),
         "seconds_first_to_drained": round(done[0] - first[0], 2),
         "seconds_start_to_drained": round(done[0] - t_start, 2),
         "events_per_s_from_process_start": round(ctx.n / (done[0] - t_start)),
         "outcomes": outcomes,
-        "alerts": int(sum(v for k, v in m.items() if k.startswith("detector_alerts_total{"))),
-        "rss_at_drain": rss,
-        "peak_rss": d.peak_rss,
-        "exit_code": rc,
+        "alerts": int(
+            sum(v for m in ms for k, v in m.items() if k.startswith("detector_alerts_total{"))
+        ),
+        "rss_at_drain": sum(rss),
+        "peak_rss": sum(d.peak_rss for d in ds),
+        "exit_code": max(rcs),
         "note": "rate from the first metrics poll (every 0.2 s) showing events to the one "
-        "showing all N; counters move when a slice's state and offsets are stored in Redis",
+        "showing all N; counters move when a slice's state and offsets are stored in Redis"
+        + ("; RSS summed over the instances" if instances > 1 else ""),
     }
 
 
@@ -1174,10 +1233,11 @@ def worker_quix(a: dict[str, Any]) -> None:
 
 # Which stack services a section depends on (growth, replay and soak use none of the shared
 # ones, or only a private Redis plus Kafka).
-RETRY = ("ceiling", "run", "quix", "latency", "profile")
+RETRY = ("ceiling", "run", "run_scaled", "quix", "latency", "profile")
 USES_STACK = {
     "ceiling": ("kafka",),
     "run": ("kafka", "redis"),
+    "run_scaled": ("kafka", "redis"),
     "quix": ("kafka",),
     "latency": ("kafka",),
     "soak": ("kafka",),
@@ -1278,6 +1338,7 @@ def summarize(res: dict[str, Any], p: Params) -> None:
         "run_over_ceiling": _ratio(eps("run"), eps("ceiling")),
         "replay_over_ceiling": _ratio(eps("replay"), eps("ceiling")),
         "run_over_quix": _ratio(eps("run"), eps("quix")),
+        "run_scaled_over_ceiling": _ratio(eps("run_scaled"), eps("ceiling")),
     }
     t: dict[str, Any] = {}
     r = res["ratios"]["run_over_ceiling"]
@@ -1336,6 +1397,7 @@ def print_table(res: dict[str, Any]) -> None:
     for name, label in (
         ("ceiling", "1 ceiling (kafka-python + json)"),
         ("run", "2 detector run (Kafka+Redis)"),
+        ("run_scaled", "2' detector run, one per core"),
         ("replay", "3 detector replay (embedded)"),
         ("quix", "4 Quix Streams peer"),
     ):
@@ -1359,7 +1421,8 @@ def print_table(res: dict[str, Any]) -> None:
     ra = res["ratios"]
     print(
         f"\nratios: run/ceiling {ra['run_over_ceiling']}   replay/ceiling "
-        f"{ra['replay_over_ceiling']}   run/quix {ra['run_over_quix']}"
+        f"{ra['replay_over_ceiling']}   run/quix {ra['run_over_quix']}   run x"
+        f"{(s.get('run_scaled') or {}).get('instances')}/ceiling {ra['run_scaled_over_ceiling']}"
     )
     lat = s.get("latency")
     if lat:
@@ -1484,7 +1547,7 @@ def main(argv: list[str] | None = None) -> int:
         res["stream"] = stream
         lines = events_path.read_bytes().splitlines()
         topic = f"bench-{run_id}-orders"
-        if {"ceiling", "run", "quix", "profile"} & set(sections):
+        if {"ceiling", "run", "run_scaled", "quix", "profile"} & set(sections):
             topics.create(topic, p.partitions)
             say(f"loading {topic} ({p.partitions} partitions)")
             res["load"] = load_topic(topic, events_path)
@@ -1505,6 +1568,7 @@ def main(argv: list[str] | None = None) -> int:
             "growth": section_growth,
             "ceiling": section_ceiling,
             "run": section_run,
+            "run_scaled": section_run_scaled,
             "replay": section_replay,
             "quix": section_quix,
             "latency": section_latency,

@@ -34,11 +34,11 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     for key in ("cpu_model", "cores", "git_commit"):
         assert res["machine"][key]
     s = res["sections"]
-    for name in ("ceiling", "run", "replay", "quix", "latency", "growth"):
+    for name in ("ceiling", "run", "run_scaled", "replay", "quix", "latency", "growth"):
         assert name in s, f"section {name} missing"
         assert "error" not in s[name], s[name]
     n = res["params"]["events"]
-    for name in ("ceiling", "run", "replay", "quix"):
+    for name in ("ceiling", "run", "run_scaled", "replay", "quix"):
         assert s[name]["events"] >= n
         assert s[name]["events_per_s"] > 0
     assert s["quix"]["late_dropped"] == 0
@@ -60,6 +60,11 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     assert g["drain"]["peak_keys"] > 0
     assert g["drain"]["drained"], g["drain"]
 
-    for ratio in ("run_over_ceiling", "replay_over_ceiling", "run_over_quix"):
+    for ratio in (
+        "run_over_ceiling",
+        "replay_over_ceiling",
+        "run_over_quix",
+        "run_scaled_over_ceiling",
+    ):
         assert res["ratios"][ratio] is not None and res["ratios"][ratio] > 0
     assert res["targets"]
