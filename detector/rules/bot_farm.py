@@ -93,14 +93,18 @@ class BotFarm:
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), summed upward from the k-th term."""
-    if p >= 1:
+    """P(X >= k) for X ~ Binomial(n, p). Terms in log space: a farm of thousands of accounts
+    would overflow ``comb(n, k)`` as a float, and a first term that underflows may still be
+    followed by large ones when k is below the mean."""
+    if p >= 1 or k <= 0:
         return 1.0
-    term = math.comb(n, k) * p**k * (1 - p) ** (n - k)
+    lp, lq, ln = math.log(p), math.log1p(-p), math.lgamma(n + 1)
     total = 0.0
     for i in range(k, n + 1):
+        term = math.exp(ln - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
         total += term
-        term *= (n - i) / (i + 1) * p / (1 - p)
+        if i > n * p and term <= total * 1e-17:
+            break  # past the mode the terms only shrink
     return min(total, 1.0)
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from detector.alerts.record import Alert
 from detector.app import replay
 from detector.config import load_config
+from detector.rules.bot_farm import binomial_tail
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -175,3 +177,11 @@ def test_three_fresh_of_five_new_accounts_behind_three_proxies_page(tmp_path: Pa
     assert "3 of 5 new accounts, 2 of them on a device or IP of another; 1 in 11,000" in (
         pages[0].summary
     )
+
+
+def test_the_chance_bound_neither_overflows_on_huge_farms_nor_drops_terms_below_the_mean() -> None:
+    # comb(5000, 1500) is far beyond a float: the bound must still say "never by chance"
+    assert binomial_tail(1500, 5000, 0.02) == 0.0
+    # with half of new accounts fresh, 3 of 10 is ordinary: 1 - P(X <= 2) = 968 / 1024
+    assert binomial_tail(3, 10, 0.5) == pytest.approx(968 / 1024)
+    assert binomial_tail(3, 3, 1800 / 86400) == pytest.approx((1800 / 86400) ** 3)
