@@ -339,9 +339,19 @@ class KafkaSource:
                     before = self._generation
                 if seek_to is not None:
                     self._seek(self._assignment(), seek_to)
-                polled = self._c.poll(
-                    timeout_ms=self._cfg.poll_timeout_ms, max_records=self._cfg.max_poll_records
-                )
+                try:
+                    polled = self._c.poll(
+                        timeout_ms=self._cfg.poll_timeout_ms,
+                        max_records=self._cfg.max_poll_records,
+                    )
+                except KafkaError as e:
+                    if not e.retriable:
+                        raise
+                    # A broker restart or a network blip (connection refused while it finds the
+                    # coordinator): kafka-python reconnects on a later poll; nothing was consumed.
+                    log.warning("kafka poll failed; retrying", error=str(e), retry_in_s=0.5)
+                    self._stop.wait(0.5)
+                    continue
                 with self._lock:
                     if self._seek_to is not None:
                         continue  # the pipeline asked for a seek meanwhile: these go stale
