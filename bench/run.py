@@ -546,7 +546,8 @@ def _drain(ctx: Ctx, name: str, instances: int, empty_topic: str | None = None) 
     for m in ms:
         for k, v in m.items():
             if k.startswith("detector_events_total{"):
-                outcomes[k.split('"')[1]] = outcomes.get(k.split('"')[1], 0) + v
+                outcome = k.split('"')[1]
+                outcomes[outcome] = outcomes.get(outcome, 0) + v
     return {
         "instances": instances,
         "events": int(done[1]),
