@@ -95,7 +95,14 @@ class _RateLimitedLog:
 
 
 class PipelineObserver(Protocol):
-    """Optional read-only hook (e.g. ``detector backtest`` plots); never changes decisions."""
+    """Optional read-only hook (e.g. ``detector backtest`` plots); never changes decisions.
+
+    ``sees_every_entity``: True to see the figures of every touched entity, even those below
+    every rule's least, which are otherwise not read at all (slower); False for an observer that
+    only times batches (the bench) and must see the pipeline as it runs without one.
+    """
+
+    sees_every_entity: bool
 
     def features(self, f: Features) -> None:
         """An entity's windowed figures, as the event rules are about to see them."""
@@ -211,9 +218,9 @@ class Pipeline:
         """Per scope, the fewest accounts (codes) or codes (accounts) worth evaluating.
 
         Below every rule's least an entity cannot fire, so it is not evaluated at all. Not
-        with an observer: it sees every entity's figures (backtest plots).
+        for an observer that sees every entity's figures (backtest plots).
         """
-        if self.observer is not None:
+        if self.observer is not None and self.observer.sees_every_entity:
             return {}
         least = {s: min(r.least(self.cfg) for r in EVENT_RULES[s]) for s in ("code", "account")}
         least["code"] = min(least["code"], SHARED_ACCOUNTS)

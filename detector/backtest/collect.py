@@ -52,6 +52,8 @@ def _peak(d: dict[float, int], t: float, v: int) -> None:
 class Collector:
     """A ``PipelineObserver`` and an ``AlertSink``: everything one replay shows."""
 
+    sees_every_entity = True  # plots show codes that never came near a rule's line
+
     def __init__(self, cfg: Config, progress: Callable[[Stats], None] | None = None) -> None:
         self.cfg = cfg
         self.bucket_s = cfg.windows.bucket_s

@@ -20,7 +20,9 @@ from detector.simulate.scenario import ScenarioParams, generate, write_jsonl
 
 
 class _Watcher:
-    """Its presence turns pruning off."""
+    """Turns pruning off."""
+
+    sees_every_entity = True
 
     def features(self, f: Features) -> None:
         return None
