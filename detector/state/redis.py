@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 import redis
 
 from detector.config import RedisConfig
@@ -102,20 +103,27 @@ return 0
 # and turn its hash into a hashtable), no Redis configuration needed.
 COMPACT_SHARDS = 16384
 
-# Shared by the apply and read scripts: the hashes a compact set may live in, newest first, and
-# the time the newest expires at; its members as a table (member -> score) and their count.
+# Shared by the apply and read scripts: the names of the hashes a compact set may live in, newest
+# first, less the shard (built once per TTL and script call, not per set), and the time the
+# newest expires at; its members as a table (member -> score), their count and the slice found in.
 _COMPACT_LUA = """
 local now_s = tonumber(redis.call('TIME')[1])
-local function slices(cprefix, ttl, shard)
-  local w = math.ceil(ttl / 4)
-  local s = math.floor(now_s / w)
-  local out = {}
-  for x = s, s - 4, -1 do out[#out + 1] = cprefix .. ttl .. ':' .. x .. ':' .. shard end
-  return out, (s + 1) * w + ttl
+local names = {}  -- per TTL: the five slices' hash name prefixes, newest first, and their end
+local function slices(cprefix, ttl)
+  local got = names[ttl]
+  if got == nil then
+    local w = math.ceil(ttl / 4)
+    local s = math.floor(now_s / w)
+    got = {}
+    for x = s, s - 4, -1 do got[#got + 1] = cprefix .. ttl .. ':' .. x .. ':' end
+    got.until_ts = (s + 1) * w + ttl
+    names[ttl] = got
+  end
+  return got
 end
-local function compact_get(hs, field)
+local function compact_get(hs, shard, field)
   for x = 1, #hs do
-    local v = redis.call('HGET', hs[x], field)
+    local v = redis.call('HGET', hs[x] .. shard, field)
     if v then
       local t, cur, n, score = cmsgpack.unpack(v), {}, 0, 0
       for j = 1, #t do
@@ -130,7 +138,9 @@ end
 
 # One call per batch, one round trip: the offsets check (a writer that is not where the store is
 # writes nothing), the delta and the progress, atomically (a script runs alone, as MULTI/EXEC).
-# ARGV: n_checks, (offset_key, expected or '' for none stored)*, n_sets, (key, value)*,
+# ARGV[1]: one JSON array (not an argument per item: the client encodes and Redis copies a batch's
+# ten thousand arguments one by one, JSON decodes in C) of
+# n_checks, (offset_key, expected or '' for none stored)*, n_sets, (key, value)*,
 #       key prefix, compact hash prefix, default_ttl, n_counters, (key, field, by)*,
 #       n_zsets, (key, ttl, cap, compact shard or '', n, (score, member)*)*,
 #       dirty_key, n_dirty, member*, n_gated, (member, set key, least)*.
@@ -139,41 +149,42 @@ end
 _APPLY_LUA = (
     _COMPACT_LUA
     + """
+local A = cjson.decode(ARGV[1])
 local i = 1
-local n = tonumber(ARGV[i]); i = i + 1
+local n = tonumber(A[i]); i = i + 1
 for c = 1, n do
-  local have = redis.call('GET', ARGV[i]) or ''
-  if have ~= ARGV[i + 1] then return {c, have} end
+  local have = redis.call('GET', A[i]) or ''
+  if have ~= A[i + 1] then return {c, have} end
   i = i + 2
 end
-n = tonumber(ARGV[i]); i = i + 1
+n = tonumber(A[i]); i = i + 1
 for _ = 1, n do
-  redis.call('SET', ARGV[i], ARGV[i + 1])
+  redis.call('SET', A[i], A[i + 1])
   i = i + 2
 end
-local prefix, cprefix = ARGV[i], ARGV[i + 1]; i = i + 2
-local ttl = tonumber(ARGV[i]); i = i + 1
-n = tonumber(ARGV[i]); i = i + 1
+local prefix, cprefix = A[i], A[i + 1]; i = i + 2
+local ttl = tonumber(A[i]); i = i + 1
+n = tonumber(A[i]); i = i + 1
 local hashes = {}
 for _ = 1, n do
-  redis.call('HINCRBYFLOAT', ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  hashes[ARGV[i]] = true
+  redis.call('HINCRBYFLOAT', A[i], A[i + 1], A[i + 2])
+  hashes[A[i]] = true
   i = i + 3
 end
 for key, _ in pairs(hashes) do redis.call('EXPIRE', key, ttl) end
 local sizes = {}  -- compact sets written: their member counts
-n = tonumber(ARGV[i]); i = i + 1
+n = tonumber(A[i]); i = i + 1
 for _ = 1, n do
-  local key, kttl = ARGV[i], tonumber(ARGV[i + 1])
-  local cap, shard, m = tonumber(ARGV[i + 2]), ARGV[i + 3], tonumber(ARGV[i + 4])
+  local key, kttl = A[i], tonumber(A[i + 1])
+  local cap, shard, m = tonumber(A[i + 2]), A[i + 3], tonumber(A[i + 4])
   i = i + 5
   local batch = {}
-  for j = 0, m - 1 do batch[#batch + 1] = {tonumber(ARGV[i + 2 * j]), ARGV[i + 2 * j + 1]} end
+  for j = 0, m - 1 do batch[#batch + 1] = {tonumber(A[i + 2 * j]), A[i + 2 * j + 1]} end
   i = i + 2 * m
   if shard ~= '' and redis.call('EXISTS', key) == 0 then
-    local hs, until_ts = slices(cprefix, kttl, shard)
+    local hs = slices(cprefix, kttl)
     local field = string.sub(key, #prefix + 1)
-    local cur, size, at = compact_get(hs, field)
+    local cur, size, at = compact_get(hs, shard, field)
     local grown = false
     for _, sm in ipairs(batch) do
       local had = cur[sm[2]]
@@ -186,26 +197,32 @@ for _ = 1, n do
       end
     end
     local keep = not grown and size <= math.min(cap, COMPACT)
-    if at and (at > 1 or not keep) then redis.call('HDEL', hs[at], field) end
+    if at and (at > 1 or not keep) then redis.call('HDEL', hs[at] .. shard, field) end
     if keep then
       -- Trim relative to the newest member, as the zset below.
-      local latest, by = -math.huge, {}
+      local latest = -math.huge
       for _, sc in pairs(cur) do if sc > latest then latest = sc end end
-      size = 0
-      for mem, sc in pairs(cur) do
-        if sc >= latest - kttl then
-          by[sc] = by[sc] or {}
-          table.insert(by[sc], mem)
-          size = size + 1
+      local packed = {}
+      if size == 1 then
+        for mem, sc in pairs(cur) do packed = {sc, mem} end
+      else
+        local by = {}
+        size = 0
+        for mem, sc in pairs(cur) do
+          if sc >= latest - kttl then
+            local mems = by[sc]
+            if mems == nil then mems = {}; by[sc] = mems end
+            mems[#mems + 1] = mem
+            size = size + 1
+          end
+        end
+        for sc, mems in pairs(by) do
+          packed[#packed + 1] = sc
+          for _, mem in ipairs(mems) do packed[#packed + 1] = mem end
         end
       end
-      local packed = {}
-      for sc, mems in pairs(by) do
-        packed[#packed + 1] = sc
-        for _, mem in ipairs(mems) do packed[#packed + 1] = mem end
-      end
-      redis.call('HSET', hs[1], field, cmsgpack.pack(packed))
-      redis.call('EXPIREAT', hs[1], until_ts)
+      redis.call('HSET', hs[1] .. shard, field, cmsgpack.pack(packed))
+      redis.call('EXPIREAT', hs[1] .. shard, hs.until_ts)
       sizes[key] = size
       batch = nil
     else
@@ -234,17 +251,17 @@ for _ = 1, n do
     redis.call('EXPIRE', key, kttl)
   end
 end
-local dirty = ARGV[i]
-n = tonumber(ARGV[i + 1]); i = i + 2
-for _ = 1, n do redis.call('SADD', dirty, ARGV[i]); i = i + 1 end
-n = tonumber(ARGV[i]); i = i + 1
+local dirty = A[i]
+n = tonumber(A[i + 1]); i = i + 2
+for _ = 1, n do redis.call('SADD', dirty, A[i]); i = i + 1 end
+n = tonumber(A[i]); i = i + 1
 local passed = {0}
 for _ = 1, n do
-  local key, least = ARGV[i + 1], tonumber(ARGV[i + 2])
+  local key, least = A[i + 1], tonumber(A[i + 2])
   local size = sizes[key] or redis.call('ZCARD', key)
   if size >= least then
-    redis.call('SADD', dirty, ARGV[i])
-    passed[#passed + 1] = ARGV[i]
+    redis.call('SADD', dirty, A[i])
+    passed[#passed + 1] = A[i]
   end
   i = i + 3
 end
@@ -325,8 +342,8 @@ for _ = 1, n do
   if shard == '' or redis.call('EXISTS', key) == 1 then
     out[#out + 1] = redis.call('ZRANGEBYSCORE', key, '(' .. since, '+inf', 'WITHSCORES')
   else
-    local hs = slices(cprefix, tonumber(ARGV[i + 3]), shard)
-    local cur = compact_get(hs, string.sub(key, #prefix + 1))
+    local hs = slices(cprefix, tonumber(ARGV[i + 3]))
+    local cur = compact_get(hs, shard, string.sub(key, #prefix + 1))
     local rows, after = {}, tonumber(since)
     for mem, sc in pairs(cur) do
       if sc > after then
@@ -471,14 +488,14 @@ class RedisStore:
                 args += [k.offsets(progress.source, p), "" if want is None else str(want)]
             args.append(len(progress.offsets) + len(progress.max_ts))
             for part, off in progress.offsets.items():
-                args += [k.offsets(progress.source, part), off]
+                args += [k.offsets(progress.source, part), str(off)]
             for part, ts in progress.max_ts.items():
                 args += [k.max_ts(progress.source, part), repr(ts)]
         else:
             args += [0, 0]
         self._delta_args(args, delta)
         with self._op("apply"):
-            res = self._apply(args=args)
+            res = self._apply(args=[orjson.dumps(args)])
         if res[0]:
             assert progress is not None
             p, have = parts[int(res[0]) - 1], _str(res[1])
@@ -594,7 +611,7 @@ class RedisStore:
             if len(c.marks) or c.marks.dirty:
                 marks: list[Any] = [0, 0]
                 self._delta_args(marks, c.marks)
-                self._apply(args=marks, client=pipe)
+                self._apply(args=[orjson.dumps(marks)], client=pipe)
             res = pipe.execute()[0]
         return [bool(x) for x in res]
 
