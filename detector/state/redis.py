@@ -274,7 +274,9 @@ return passed
 # grouped by shard (one HMGET per slice and one HSET per shard touched, not a call per event).
 # A slice lasts a quarter of the dedupe horizon; a claim written in slice s stays until s ends plus
 # the horizon (1 to 1.25 horizons), so it is looked up in slices s-4 to s.
-# ARGV: key prefix, slice_s, horizon_s, n_groups, (shard, n, (event digest, position digest)*)*.
+# ARGV: key prefix, slice_s, horizon_s, n_groups, (shard, claims)*: a group's claims are one
+# string of 22-byte records (14-byte event digest, 8-byte position digest), not two arguments a
+# claim (the client encodes and Redis copies each argument on its own).
 # Returns, group after group, 1 where the event is new (or claimed by this very position), else 0.
 _CLAIM_LUA = """
 local prefix, w, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -285,10 +287,15 @@ local until_ts = (slice + 1) * w + ttl
 local out = {}
 local i = 5
 for _ = 1, tonumber(ARGV[4]) do
-  local shard, n = ARGV[i], tonumber(ARGV[i + 1])
+  local shard, blob = ARGV[i], ARGV[i + 1]
   i = i + 2
-  local ids = {}
-  for c = 1, n do ids[c] = ARGV[i + 2 * c - 2] end
+  local n = #blob / 22
+  local ids, poss = {}, {}
+  for c = 1, n do
+    local o = 22 * c - 21
+    ids[c] = string.sub(blob, o, o + 13)
+    poss[c] = string.sub(blob, o + 14, o + 21)
+  end
   local held = {}
   for s = #slices, 1, -1 do  -- oldest first: a newer slice's claim wins
     local got = redis.call('HMGET', slices[s] .. shard, unpack(ids))
@@ -296,7 +303,7 @@ for _ = 1, tonumber(ARGV[4]) do
   end
   local new, add = {}, {'HSET', slices[1] .. shard}
   for c = 1, n do
-    local id, pos = ids[c], ARGV[i + 2 * c - 1]
+    local id, pos = ids[c], poss[c]
     local h = held[c] or new[id] or false
     if h == false then
       new[id] = pos
@@ -309,7 +316,6 @@ for _ = 1, tonumber(ARGV[4]) do
     redis.call(unpack(add))
     redis.call('EXPIREAT', slices[1] .. shard, until_ts)
   end
-  i = i + 2 * n
 end
 return out
 """
@@ -455,19 +461,17 @@ class RedisStore:
         if not claims:
             return []
         groups: dict[int, list[int]] = {}
-        fields: list[tuple[bytes, bytes]] = []
+        fields: list[bytes] = []
         for n, (event_id, pos) in enumerate(claims):
             d = _digest(event_id, 16)
             # The first 2 bytes pick the shard, the other 14 (112 bits) stand for the id.
             groups.setdefault(int.from_bytes(d[:2], "big") % CLAIM_SHARDS, []).append(n)
-            fields.append((d[2:], _digest(pos, 8)))
+            fields.append(d[2:] + _digest(pos, 8))
         ttl = max(1, int(ttl_s))
         args: list[Any] = [self._keys.claims, max(1, -(-ttl // 4)), ttl, len(groups)]
         order: list[int] = []
         for shard, idx in groups.items():
-            args += [shard, len(idx)]
-            for n in idx:
-                args += fields[n]
+            args += [shard, b"".join([fields[n] for n in idx])]
             order += idx
         with self._op("claim"):
             res = self._claim(args=args)
