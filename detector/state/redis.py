@@ -222,7 +222,8 @@ for _ = 1, n do
         end
       end
       redis.call('HSET', hs[1] .. shard, field, cmsgpack.pack(packed))
-      redis.call('EXPIREAT', hs[1] .. shard, hs.until_ts)
+      -- Found in the newest slice: its hash exists, with this very expiry.
+      if at ~= 1 then redis.call('EXPIREAT', hs[1] .. shard, hs.until_ts) end
       sizes[key] = size
       batch = nil
     else

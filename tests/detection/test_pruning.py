@@ -24,8 +24,11 @@ class _Watcher:
 
     sees_every_entity = True
 
+    def __init__(self) -> None:
+        self.seen = 0
+
     def features(self, f: Features) -> None:
-        return None
+        self.seen += 1
 
     def campaign_bucket(
         self, start: float, obs: RateObservation, band: tuple[float, float]
@@ -118,3 +121,26 @@ def test_pruning_in_redis_raises_the_same_alerts_as_evaluating_every_entity(
         backend="redis",
         hours=8.0,
     )
+
+
+class _Timer(_Watcher):
+    """Only times batches, as the bench does."""
+
+    sees_every_entity = False
+
+
+def test_an_observer_that_only_times_batches_sees_the_pipeline_as_it_runs_without_one(
+    tmp_path: Path,
+) -> None:
+    sc = generate(ScenarioParams.from_seed(5, hours=8.0, warmup_h=6.0))
+    events = tmp_path / "events.jsonl"
+    write_jsonl(sc.events, events)
+    cfg = load_config(None, {})
+    _, bare = _replay(cfg, events, tmp_path / "bare.jsonl")
+    timer, watcher = _Timer(), _Watcher()
+    _, timed = _replay(cfg, events, tmp_path / "timed.jsonl", observer=timer)
+    _, full = _replay(cfg, events, tmp_path / "full.jsonl", observer=watcher)
+    assert timed.pruned == bare.pruned > 0
+    assert full.pruned == 0
+    # Pruned entities are not read at all: the timer sees fewer figures than the watcher.
+    assert watcher.seen - timer.seen == bare.pruned
