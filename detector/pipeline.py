@@ -228,8 +228,8 @@ class Pipeline:
 
     def _gate(self, ent: Entity, states: dict[str, bytes]) -> Gate | None:
         least = self._least.get(ent.scope)
-        if least is None or any(
-            episode_name(r.name, ent.key) in states for r in EVENT_RULES[ent.scope]
+        if least is None or (
+            states and any(episode_name(r.name, ent.key) in states for r in EVENT_RULES[ent.scope])
         ):
             return None  # an open episode is evaluated: it may clear
         return self.extractor.gate(ent, least)

@@ -527,7 +527,7 @@ class RedisStore:
             shard = self._shard(key) if key in delta.compact else ""
             args += [key, ttl, cap, shard, min(cap, len(members))]
             for m, ts in items:
-                args += [repr(ts), m]
+                args += [ts, m]  # a JSON number: the same double in Lua
         args += [self._keys.dirty, len(delta.dirty), *delta.dirty, len(delta.gated)]
         for m, gate in delta.gated.items():
             args += [m, *gate]
