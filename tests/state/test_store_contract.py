@@ -242,3 +242,27 @@ def test_a_stale_writer_leaves_no_compact_set_behind(store: Store) -> None:
     assert _members(store, key) == []
 
 
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_any_text_in_keys_and_members_and_exact_times_come_back_unchanged(
+    store: Store, compact: bool
+) -> None:
+    # Events may carry NUL, quotes, backslashes, control and non-BMP characters in their ids;
+    # Redis gets a batch as one JSON document, which must not alter a byte or a time.
+    for name in ["a\x00b", 'q"\\\x1f\n', "ü☃😀"]:
+        key = k(store).code_distinct(name)
+        d = Delta()
+        d.seen(key, name + "\x1fd\x1f", 1_000_000_000.123456789, 60, None, compact)
+        d.incr(k(store).campaign_counts(name, 7), "n7", 0.1)
+        store.apply(d, None)
+        store.apply(d, None)
+        res = store.read(
+            Read(
+                fields=[(k(store).campaign_counts(name, 7), ["n7"])],
+                members=[(key, 0.0)],
+                compact={key: None} if compact else {},
+            )
+        )
+        assert res.members == [[(name + "\x1fd\x1f", 1_000_000_000.123456789)]]
+        assert res.fields == [[0.1 + 0.1]]
