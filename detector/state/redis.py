@@ -202,24 +202,19 @@ for _ = 1, n do
       -- Trim relative to the newest member, as the zset below.
       local latest = -math.huge
       for _, sc in pairs(cur) do if sc > latest then latest = sc end end
-      local packed = {}
-      if size == 1 then
-        for mem, sc in pairs(cur) do packed = {sc, mem} end
-      else
-        local by = {}
-        size = 0
-        for mem, sc in pairs(cur) do
-          if sc >= latest - kttl then
-            local mems = by[sc]
-            if mems == nil then mems = {}; by[sc] = mems end
-            mems[#mems + 1] = mem
-            size = size + 1
-          end
+      local packed, by = {}, {}
+      size = 0
+      for mem, sc in pairs(cur) do
+        if sc >= latest - kttl then
+          local mems = by[sc]
+          if mems == nil then mems = {}; by[sc] = mems end
+          mems[#mems + 1] = mem
+          size = size + 1
         end
-        for sc, mems in pairs(by) do
-          packed[#packed + 1] = sc
-          for _, mem in ipairs(mems) do packed[#packed + 1] = mem end
-        end
+      end
+      for sc, mems in pairs(by) do
+        packed[#packed + 1] = sc
+        for _, mem in ipairs(mems) do packed[#packed + 1] = mem end
       end
       redis.call('HSET', hs[1] .. shard, field, cmsgpack.pack(packed))
       -- Found in the newest slice: its hash exists, with this very expiry.

@@ -242,8 +242,6 @@ def test_a_stale_writer_leaves_no_compact_set_behind(store: Store) -> None:
     assert _members(store, key) == []
 
 
-
-
 @pytest.mark.parametrize("compact", [True, False])
 def test_any_text_in_keys_and_members_and_exact_times_come_back_unchanged(
     store: Store, compact: bool
