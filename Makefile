@@ -4,7 +4,7 @@
 #   make venv         create .venv and install the package + dev tools
 #   make up / down    start / stop the local Kafka, Redis, Prometheus, Alertmanager
 #   make status       show which stack services are up
-#   make lint         ruff
+#   make lint         ruff (lint rules and formatting)
 #   make typecheck    mypy (strict, configured in pyproject.toml)
 #   make test         venv + stack up + lint + typecheck + pytest (leaves the stack
 #                     running for the next run; .ci/run takes it down)
@@ -46,6 +46,7 @@ status:
 
 lint: venv
 	$(VENV)/bin/ruff check detector tests bench
+	$(VENV)/bin/ruff format --check detector tests bench
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -299,9 +299,7 @@ def _retry_store(
 
 def _delivery_failed(metrics: Metrics, e: DeliveryError, pause_s: float) -> None:
     metrics.delivery_failures.labels(e.sink).inc(e.failed)
-    log.error(
-        "delivery failed; not consuming until it succeeds", error=str(e), retry_in_s=pause_s
-    )
+    log.error("delivery failed; not consuming until it succeeds", error=str(e), retry_in_s=pause_s)
     time.sleep(pause_s)
 
 

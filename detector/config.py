@@ -521,4 +521,3 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         if getattr(old.alerts, k) != getattr(new.alerts, k):
             keys.append(f"alerts.{k}")
     return keys
-

@@ -15,7 +15,6 @@ from detector.simulate.scenario import ScenarioParams, generate, write_jsonl
 Replayed = tuple[list[Alert], dict[str, Any], Config]
 
 
-
 @pytest.fixture
 def simulate_and_replay(tmp_path: Path) -> Callable[..., Replayed]:
     """Generate a labelled stream, replay it on the embedded store, return alerts and truth."""

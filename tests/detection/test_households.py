@@ -22,6 +22,7 @@ T0 = datetime(2026, 3, 2, 4, 0, tzinfo=UTC)
 def ts(after: timedelta) -> str:
     return (T0 + after).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
+
 HOME, WORK, ELSEWHERE = "188.58.130.64", "178.150.253.229", "95.31.7.20"
 
 

@@ -39,12 +39,12 @@ import orjson
 import pytest
 import redis
 from confluent_kafka import Producer
+from kafka_io import end_offsets
 from test_crash_and_outages import (
     Run,
     Runs,
     create_topics,
     delete_topics,
-    end_offsets,
     free_port,
     wait_until,
 )

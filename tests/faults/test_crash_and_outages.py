@@ -50,9 +50,10 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import TopicPartition
+from kafka_io import end_offsets, produce_events
 from state_dump import dump_state
 
 from detector.simulate.scenario import ScenarioParams, generate
@@ -123,36 +124,6 @@ def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
             admin.close()
     except Exception as exc:  # best effort: a fault test may have left Kafka down
         print(f"could not delete topics {names}: {exc}")
-
-
-def produce(bootstrap: str, topic: str, events: Iterable[dict[str, Any]]) -> int:
-    """Key = order_id (the default partitioner spreads keys over partitions), in ts order."""
-    p = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        linger_ms=20,
-        batch_size=256 * 1024,
-        max_in_flight_requests_per_connection=1,
-    )
-    n = 0
-    try:
-        for ev in events:
-            p.send(topic, key=ev["order_id"].encode(), value=orjson.dumps(ev))
-            n += 1
-        p.flush(timeout=120)
-    finally:
-        p.close()
-    return n
-
-
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    c = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        parts = c.partitions_for_topic(topic) or set()
-        ends = c.end_offsets([TopicPartition(topic, p) for p in parts])
-        return {tp.partition: o for tp, o in ends.items()}
-    finally:
-        c.close()
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Any]:
@@ -536,7 +507,7 @@ def stream(stack: Any) -> Iterator[Stream]:
     create_topics(stack.kafka_bootstrap, {topic: PARTITIONS})
     s = Stream(stack.kafka_bootstrap, stack.redis_url, topic, 0, {}, campaigns)
     try:
-        s.n = produce(stack.kafka_bootstrap, topic, events)
+        s.n = produce_events(stack.kafka_bootstrap, topic, events)
         s.ends = end_offsets(stack.kafka_bootstrap, topic)
         assert sum(s.ends.values()) == s.n
         assert all(s.ends.values()), s.ends

@@ -21,13 +21,11 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+from kafka_io import end_offsets, produce, produce_events
 from test_crash_and_outages import (
     Runs,
     Stream,
-    end_offsets,
-    produce,
     read_alerts,
     read_topic,
     run_config,
@@ -105,12 +103,8 @@ def test_refused_dead_letters_and_alerts_stall_consumption_and_arrive_once_the_t
     dlq = topic(1, configs=TINY, hint="deliver-dlq")
     alerts_topic = topic(1, configs=TINY, hint="deliver-alerts")
     bad = [b"{not json " + b"x" * 300 + b"}" for _ in range(3)]
-    p = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
-    for value in bad:
-        p.send(name, value=value, partition=0)
-    p.flush()
-    p.close()
-    n = produce(stack.kafka_bootstrap, name, events) + len(bad)
+    produce(stack.kafka_bootstrap, name, [(None, value, 0) for value in bad])
+    n = produce_events(stack.kafka_bootstrap, name, events) + len(bad)
     s = Stream(stack.kafka_bootstrap, stack.redis_url, name, n, {}, campaigns)
     s.ends = end_offsets(stack.kafka_bootstrap, name)
     group = f"deliver-{name}"

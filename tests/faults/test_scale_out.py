@@ -43,6 +43,7 @@ import orjson
 import pytest
 import redis
 from kafka import KafkaProducer
+from kafka_io import end_offsets, produce_events
 from test_crash_and_outages import (
     Run,
     Runs,
@@ -54,10 +55,8 @@ from test_crash_and_outages import (
     delete_topics,
     dump_models,
     dump_state,
-    end_offsets,
     group_members,
     merge,
-    produce,
     read_alerts,
     scenario_events,
     state_diff,
@@ -197,7 +196,7 @@ def reference(
     """One process over the whole stream, pre-loaded in the 6 partitions."""
     events, campaigns = day
     name = topics()
-    n = produce(stack.kafka_bootstrap, name, events)
+    n = produce_events(stack.kafka_bootstrap, name, events)
     t = Stream(
         stack.kafka_bootstrap,
         stack.redis_url,
@@ -364,7 +363,7 @@ def test_three_instances_through_a_backlog_raise_the_same_alerts_as_one(
     group = f"scale-backlog-{name}"
     procs, files = start_group(runs, t, group, redis_prefix, tmp_path)
     t0 = time.monotonic()
-    produce(t.bootstrap, name, events)
+    produce_events(t.bootstrap, name, events)
     t.ends = end_offsets(t.bootstrap, name)
     wait_done(redis_client, redis_prefix, group, t, procs, timeout=240)
     seconds = time.monotonic() - t0
@@ -392,7 +391,7 @@ def test_instances_joining_while_the_first_drains_a_backlog_apply_every_event_on
     models are those of one instance (nothing lost, nothing applied twice)."""
     events, campaigns = day
     name = topics()
-    n = produce(stack.kafka_bootstrap, name, events)
+    n = produce_events(stack.kafka_bootstrap, name, events)
     t = Stream(
         stack.kafka_bootstrap,
         stack.redis_url,
@@ -545,7 +544,7 @@ def test_an_instance_that_lost_the_models_lease_stops_exporting_model_scores(
         )
         procs.append(runs.start(f"instance{i}", runs.config(f"i{i}", cfg)))
     wait_until(lambda: len(group_members(t.bootstrap, group)) == 2, 90, "2 members", procs)
-    produce(t.bootstrap, name, events)
+    produce_events(t.bootstrap, name, events)
     t.ends = end_offsets(t.bootstrap, name)
     wait_done(redis_client, redis_prefix, group, t, procs, timeout=240)
     lease = f"{redis_prefix}lease:models"

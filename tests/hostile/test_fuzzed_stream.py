@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
+from kafka_io import produce
 
 from detector.events.parse import Event, parse
 
@@ -441,24 +442,18 @@ def key(i: int, m: Msg) -> bytes | None:
     return None if i % 3 == 0 and m.value is not None else f"k-{i}".encode()
 
 
-def produce(bootstrap: str, topic: str, msgs: list[Msg]) -> None:
-    p = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
+def produce_corpus(bootstrap: str, topic: str, msgs: list[Msg]) -> None:
+    sent = produce(
+        bootstrap,
+        topic,
+        [(key(i, m), m.value, 0) for i, m in enumerate(msgs)],
         linger_ms=20,
         batch_size=512 * 1024,
         max_request_size=1_048_576,
-        max_in_flight_requests_per_connection=1,  # offsets follow the corpus order
     )
-    try:
-        futures = [
-            p.send(topic, key=key(i, m), value=m.value, partition=0) for i, m in enumerate(msgs)
-        ]
-        p.flush(timeout=120)
-        offsets = [f.get(timeout=60).offset for f in futures]
-    finally:
-        p.close()
-    assert offsets == list(range(len(msgs))), "messages did not land in corpus order"
+    assert [s.offset for s in sent] == list(range(len(msgs))), (
+        "messages did not land in corpus order"
+    )
 
 
 def read_dlq(bootstrap: str, topic: str, n: int, timeout: float) -> list[Any]:
@@ -534,7 +529,7 @@ def test_fuzzed_stream_no_crash_every_bad_message_dead_lettered_memory_flat(
 
     events, dlq, alerts = topic(hint="fuzz"), topic(hint="fuzz-dlq"), topic(hint="fuzz-alerts")
     t1 = time.monotonic()
-    produce(kafka_bootstrap, events, msgs)
+    produce_corpus(kafka_bootstrap, events, msgs)
     produce_s = time.monotonic() - t1
 
     cfg = detector_config(

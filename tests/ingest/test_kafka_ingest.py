@@ -24,7 +24,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,10 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import TopicPartition
+from kafka_io import end_offsets, produce
 from state_dump import dump_state
 
 from detector.alerts.record import Alert
@@ -110,53 +110,6 @@ def outcome(d: Any, name: str) -> float:
 def consumed(d: Any) -> float:
     m = d.metrics()
     return sum(v for k, v in m.items() if k.startswith("detector_events_total{"))
-
-
-@dataclass(frozen=True)
-class Sent:
-    key: bytes | None
-    value: bytes | None
-    partition: int
-    offset: int
-
-
-def produce(
-    bootstrap: str,
-    topic: str,
-    messages: Iterable[tuple[bytes | None, bytes | None, int | None]],
-    **opts: Any,
-) -> list[Sent]:
-    """Send (key, value, partition) messages in order with kafka-python; returns where each went."""
-    settings: dict[str, Any] = {
-        "acks": "all",
-        "linger_ms": 10,
-        "max_in_flight_requests_per_connection": 1,  # keeps the order on retries
-        **opts,
-    }
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **settings)
-    try:
-        sent = []
-        for key, value, part in messages:
-            fut = producer.send(topic, key=key, value=value, partition=part)
-            sent.append((key, value, fut))
-        producer.flush(timeout=60)
-        out = []
-        for key, value, fut in sent:
-            md = fut.get(timeout=30)
-            out.append(Sent(key, value, md.partition, md.offset))
-        return out
-    finally:
-        producer.close()
-
-
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    c = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        parts = c.partitions_for_topic(topic) or set()
-        ends = c.end_offsets([TopicPartition(topic, p) for p in parts])
-        return {tp.partition: o for tp, o in ends.items()}
-    finally:
-        c.close()
 
 
 def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
@@ -758,8 +711,6 @@ def test_every_compression_codec_with_and_without_keys_and_headers_is_consumed(
     assert dl.key == b"tombstone-key" and dl.value is None
     state = dump_state(redis_client, redis_prefix)
     for codec in codecs:  # one distinct account per event of the codec's codes
-        accounts = [
-            m for k, z in state.items() if k.startswith(f"u:{codec.upper()}-") for m in z
-        ]
+        accounts = [m for k, z in state.items() if k.startswith(f"u:{codec.upper()}-") for m in z]
         assert len({m.split(SEP)[0] for m in accounts}) == per_codec, codec
     assert d.stop() == 0

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import structlog
-from kafka import KafkaProducer
 from kafka.errors import KafkaConnectionError, KafkaError, TopicAuthorizationFailedError
+from kafka_io import produce
 
 from detector.config import KafkaConfig, KafkaTopics
 from detector.sources.kafka import KafkaSource
@@ -49,11 +49,7 @@ def _source(bootstrap: str, topic: str, fail: list[KafkaError]) -> tuple[KafkaSo
 
 def _fill(bootstrap: str, topic: Callable[..., str]) -> str:
     name = topic(partitions=1)
-    p = KafkaProducer(bootstrap_servers=bootstrap)
-    for n in range(MESSAGES):
-        p.send(name, value=f'{{"n": {n}}}'.encode(), partition=0)
-    p.flush()
-    p.close()
+    produce(bootstrap, name, [(None, f'{{"n": {n}}}'.encode(), 0) for n in range(MESSAGES)])
     return name
 
 
