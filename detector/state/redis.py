@@ -105,7 +105,8 @@ COMPACT_SHARDS = 16384
 
 # Shared by the apply and read scripts: the names of the hashes a compact set may live in, newest
 # first, less the shard (built once per TTL and script call, not per set), and the time the
-# newest expires at; its members as a table (member -> score), their count and the slice found in.
+# newest expires at; its members as a table (member -> score), their count and the slice found in
+# (nil for a zset).
 _COMPACT_LUA = """
 local now_s = tonumber(redis.call('TIME')[1])
 local names = {}  -- per TTL: the five slices' hash name prefixes, newest first, and their end
@@ -121,8 +122,13 @@ local function slices(cprefix, ttl)
   end
   return got
 end
-local function compact_get(hs, shard, field)
+-- A set is either compact or a zset, never both (promotion deletes the field); a zset gives nil.
+-- Each look is a call (1-2 us in a script): a set written once per batch is most often compact,
+-- in the newest slice, so its key is looked for after that slice (`hot` false); a set with
+-- several members in a batch is most often a zset, looked for first.
+local function compact_get(hs, shard, field, key, hot)
   for x = 1, #hs do
+    if x == (hot and 1 or 2) and redis.call('EXISTS', key) == 1 then return nil end
     local v = redis.call('HGET', hs[x] .. shard, field)
     if v then
       local t, cur, n, score = cmsgpack.unpack(v), {}, 0, 0
@@ -181,10 +187,12 @@ for _ = 1, n do
   local batch = {}
   for j = 0, m - 1 do batch[#batch + 1] = {tonumber(A[i + 2 * j]), A[i + 2 * j + 1]} end
   i = i + 2 * m
-  if shard ~= '' and redis.call('EXISTS', key) == 0 then
-    local hs = slices(cprefix, kttl)
-    local field = string.sub(key, #prefix + 1)
-    local cur, size, at = compact_get(hs, shard, field)
+  local hs, field, cur, size, at
+  if shard ~= '' then
+    hs, field = slices(cprefix, kttl), string.sub(key, #prefix + 1)
+    cur, size, at = compact_get(hs, shard, field, key, m > 1)
+  end
+  if cur then
     local grown = false
     for _, sm in ipairs(batch) do
       local had = cur[sm[2]]
@@ -341,11 +349,12 @@ local prefix, cprefix = ARGV[i], ARGV[i + 1]; i = i + 2
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   local key, since, shard = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if shard == '' or redis.call('EXISTS', key) == 1 then
+  -- Sets read passed the gate (enough members): most often zsets.
+  local hs = shard ~= '' and slices(cprefix, tonumber(ARGV[i + 3]))
+  local cur = hs and compact_get(hs, shard, string.sub(key, #prefix + 1), key, true)
+  if not cur then
     out[#out + 1] = redis.call('ZRANGEBYSCORE', key, '(' .. since, '+inf', 'WITHSCORES')
   else
-    local hs = slices(cprefix, tonumber(ARGV[i + 3]))
-    local cur = compact_get(hs, shard, string.sub(key, #prefix + 1))
     local rows, after = {}, tonumber(since)
     for mem, sc in pairs(cur) do
       if sc > after then
