@@ -6,28 +6,18 @@ Only that it runs and measures something: never how fast (the machine is shared)
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.stack
 @pytest.mark.slow
-def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
+def test_bench_smoke_writes_every_section(tmp_path: Path, run_bench: Callable[..., Any]) -> None:
     out = tmp_path / "perf-smoke.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=480,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    run_bench("bench.run", "--smoke", "--out", str(out), timeout=480)
     res = json.loads(out.read_text())
 
     assert res["kind"] == "smoke"

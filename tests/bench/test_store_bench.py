@@ -6,27 +6,19 @@ What it reports, never how fast: the counts follow from the events, the times on
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.mark.stack
-def test_the_store_bench_reports_each_phase_per_event_and_per_set(tmp_path: Path) -> None:
+def test_the_store_bench_reports_each_phase_per_event_and_per_set(
+    tmp_path: Path, run_bench: Callable[..., Any]
+) -> None:
     out = tmp_path / "store.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.store", "--batches", "2", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    proc = run_bench("bench.store", "--batches", "2", "--out", str(out), timeout=300)
     rows = [line.split()[0] for line in proc.stdout.splitlines()]
     assert rows == ["phase", "new", "again", "hot", "claims"]
     res = json.loads(out.read_text())
