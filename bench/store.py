@@ -93,16 +93,8 @@ def _measure(
 
 def run(batches: int, workdir: Path) -> dict[str, Any]:
     cfg = load_config(None, {})
-    w = cfg.windows
     keys = keys_for(cfg)
-    extractor = Extractor(
-        keys,
-        w.distinct_exact_cap,
-        w.new_account_age_s,
-        w.fresh_account_age_s,
-        cfg.memory_retention_s,
-        cfg.household_retention_s,
-    )
+    extractor = Extractor.for_config(cfg, keys)
     pr = PrivateRedis(workdir)
     try:
         store = RedisStore(pr.client, keys, cfg.retention_s)

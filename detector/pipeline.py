@@ -152,14 +152,7 @@ class Pipeline:
         self.stats = Stats()
         w = cfg.windows
         self.keys = Keys(cfg.redis.key_prefix, w.bucket_s, w.long_s // w.bucket_s)
-        self.extractor = Extractor(
-            self.keys,
-            w.distinct_exact_cap,
-            w.new_account_age_s,
-            w.fresh_account_age_s,
-            cfg.memory_retention_s,
-            cfg.household_retention_s,
-        )
+        self.extractor = Extractor.for_config(cfg, self.keys)
         self.reader = FeatureReader(
             self.keys,
             w.recent_s,

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 
 from detector.events.parse import Event
 from detector.state.base import Delta, Gate
 from detector.state.keys import Keys, standalone_campaign
+
+if TYPE_CHECKING:
+    from detector.config import Config
 
 # Campaign code sets only need enough members to learn whether a campaign is personal.
 CAMPAIGN_CODES_CAP = 5000
@@ -97,6 +100,19 @@ class Extractor:
         self._cap = distinct_cap
         self._new_age = new_account_age_s
         self._fresh_age = fresh_account_age_s
+
+    @classmethod
+    def for_config(cls, cfg: Config, keys: Keys) -> Extractor:
+        """The extractor the pipeline runs with ``cfg``."""
+        w = cfg.windows
+        return cls(
+            keys,
+            w.distinct_exact_cap,
+            w.new_account_age_s,
+            w.fresh_account_age_s,
+            cfg.memory_retention_s,
+            cfg.household_retention_s,
+        )
 
     def gate(self, ent: Entity, count: float) -> Gate | None:
         """What the entity's distinct set holds once the entity has ``count`` distinct accounts
