@@ -197,7 +197,8 @@ class BotFarmRule(_Rule):
     diluted by the legitimate crowd on a busy public code. Devices, not IPs, unless devices are
     unknown: carrier NAT puts unrelated customers behind one IP. A slow farm has not yet reused
     a device in its first minutes, but its accounts are already fresh (younger than
-    ``windows.fresh_account_age_s``) where legitimate new accounts are spread over the day.
+    ``windows.fresh_account_age_s``) where legitimate new accounts are spread over the day, and
+    they are more of the code's redeemers than newcomers were before.
     """
 
     window: WindowName = "short"
@@ -208,8 +209,10 @@ class BotFarmRule(_Rule):
     min_fresh_accounts: int = Field(default=3, ge=2)
     min_fresh_share: float = Field(default=0.3, ge=0, le=1)
     # How unlikely that many fresh accounts must be among the code's new ones, were each new
-    # account fresh with probability ``expected_fresh_share`` (binomial tail). The default share,
-    # None, is fresh_account_age_s / new_account_age_s: registrations spread over the day.
+    # account fresh with probability ``expected_fresh_share`` (binomial tail), together with that
+    # many new accounts among its redeemers, were newcomers as common as in the ``long`` window
+    # before (beta-binomial tail; Fisher's method combines the two). The default share, None,
+    # is fresh_account_age_s / new_account_age_s: registrations spread over the day.
     max_fresh_pvalue: float = Field(default=1e-5, gt=0, le=1)
     # Already at this p when at least ``min_shared_accounts`` of the new accounts share a device
     # or an IP with another: each alone is common enough on a busy code, both together are not.

@@ -160,6 +160,7 @@ class Pipeline:
             w.long_s,
             cfg.memory_retention_s,
             cfg.household_retention_s,
+            w.distinct_exact_cap,
         )
         self.lifecycle = Lifecycle(cfg)
         self._least = self._minimums()

@@ -79,6 +79,17 @@ def redeemer(account: str, device: str | None, ip: str | None) -> str:
     return f"{_part(account)}{SEP}{_part(device)}{SEP}{_part(ip)}"
 
 
+def redeemers_cap(distinct_cap: int) -> int:
+    """Members a code's redeemer set keeps: as many as its accounts, devices and IPs each took."""
+    return 3 * distinct_cap
+
+
+def new_accounts_cap(distinct_cap: int) -> int:
+    """Members a code's new-account set keeps: each new account with its device, IP and whether
+    it is fresh, up to ``distinct_cap`` of each."""
+    return 4 * distinct_cap
+
+
 class Extractor:
     def __init__(
         self,
@@ -95,8 +106,8 @@ class Extractor:
         # A code's redeemers are (account, device, IP) triples: as many members as the three
         # separate dimensions took before, so counts stay exact up to the cap. New accounts'
         # dimensions, with the fresh accounts among them, have their own set.
-        self._code_cap = 3 * distinct_cap
-        self._new_cap = 4 * distinct_cap
+        self._code_cap = redeemers_cap(distinct_cap)
+        self._new_cap = new_accounts_cap(distinct_cap)
         self._cap = distinct_cap
         self._new_age = new_account_age_s
         self._fresh_age = fresh_account_age_s

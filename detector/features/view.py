@@ -3,9 +3,10 @@
 Members seen after ``t`` (applied already by a partition read ahead) are left out, so that a
 figure depends on the events up to ``t`` only, as in replay. Only what rules use is read: codes
 need their redeemers ((account, device, IP) triples, whence distinct accounts, devices, IPs and
-households) and the distinct new and fresh accounts and their devices and IPs over the short
-window, accounts their codes, campaigns their counters over the short window. Each window is
-then a filter on the same rows, so one read serves every window.
+households) and the distinct new and fresh accounts and their devices and IPs over the long
+window (the short one against the hour before it), accounts their codes, campaigns their
+counters over the short window. Each window is then a filter on the same rows, so one read
+serves every window.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from detector.features.extract import SEP, Entity
+from detector.features.extract import SEP, Entity, new_accounts_cap, redeemers_cap
 from detector.state.base import Read, Store
 from detector.state.keys import Keys
 
@@ -26,8 +27,8 @@ _CAMPAIGN_FIELDS = ("n", "s", "q")
 class Features:
     """Figures for one entity at event time ``t``; each dict maps a window name to a value.
 
-    Code and account figures exist for every window, campaign counters and new-account
-    figures for ``recent`` and ``short``.
+    Code and account figures exist for every window, campaign counters for ``recent`` and
+    ``short``, new-account figures for those and ``long`` (see ``new_accounts``).
     """
 
     entity: Entity
@@ -39,6 +40,8 @@ class Features:
     # ``households`` links accounts (on demand: few codes need it).
     triples: list[tuple[str, float]] = field(default_factory=list)
     starts: dict[str, float] = field(default_factory=dict)
+    # New accounts for ``recent`` and ``short``, and for ``long`` unless the code's sets overflowed
+    # within it (too busy for a baseline of its newcomers).
     new_accounts: dict[str, int] = field(default_factory=dict)
     new_devices: dict[str, int] = field(default_factory=dict)
     new_ips: dict[str, int] = field(default_factory=dict)
@@ -107,8 +110,11 @@ class FeatureReader:
         long_s: int,
         memory_s: float,
         household_s: float,
+        distinct_cap: int,
     ) -> None:
         self._k = keys
+        self._new_cap = new_accounts_cap(distinct_cap)
+        self._code_cap = redeemers_cap(distinct_cap)
         self._w = {"recent": recent_s, "short": short_s, "long": long_s, "memory": int(memory_s)}
         self._camp_mem = memory_s
         self._household = household_s
@@ -129,7 +135,7 @@ class FeatureReader:
                 req.compact[u] = self._household
                 pl.new_members = len(req.members)
                 v = k.code_new_distinct(ent.key)
-                req.members.append((v, t - self._w["short"]))
+                req.members.append((v, t - self._w["long"]))
                 req.compact[v] = None
                 if ent.campaign is not None:
                     # Per bucket, so that the codes of one campaign share one count.
@@ -170,7 +176,17 @@ class FeatureReader:
                     "I": f.new_ips,
                     "F": f.fresh_accounts,
                 }
-                self._dims(f, res.members[pl.new_members], new, WINDOWS[:2])
+                rows = res.members[pl.new_members]
+                self._dims(f, rows, new, WINDOWS[:3])
+                # Sets keep their newest members up to a cap: when either holds that many since
+                # the hour began, older ones of the hour may be gone, and the newcomers' share
+                # with them.
+                since = f.t - self._w["long"]
+                if len(rows) >= self._new_cap or (
+                    sum(ts > since for _, ts in f.triples) >= self._code_cap
+                ):
+                    for d in new.values():
+                        del d["long"]
             elif pl.members >= 0 and f.entity.scope == "account":
                 self._codes(f, res.members[pl.members])
             elif pl.members >= 0:

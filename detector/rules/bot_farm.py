@@ -46,7 +46,9 @@ class BotFarm:
         # just before their orders; legitimate new customers registered any time that day. On a
         # personal code, strangers registering to use it are a leak: code_shared pages that.
         # On a busy code a few fresh ones among many new ones are chance: the binomial tail says
-        # how unlikely they are (3 of 9 is 1 in 1,400 at 2%; 3 of 3 is 1 in 110,000).
+        # how unlikely they are (3 of 9 is 1 in 1,400 at 2%; 3 of 3 is 1 in 110,000). A farm
+        # also brings more newcomers than the code had in the hour before; a flash sale brings
+        # old and new customers alike. Both tests together (Fisher's method) are one p-value.
         fresh = f.fresh_accounts[w]
         if (
             fresh >= cfg.min_fresh_accounts
@@ -55,7 +57,9 @@ class BotFarm:
         ):
             wins = ctx.cfg.windows
             share = cfg.expected_fresh_share or wins.fresh_account_age_s / wins.new_account_age_s
-            p = binomial_tail(fresh, accounts, share)
+            p_fresh = binomial_tail(fresh, accounts, share)
+            p_new, before = newcomer_surprise(f, w, window_label(wins.long_s))
+            p = fisher(p_fresh, p_new)
             # Accounts beyond one per device or per IP, whichever is fewer: a farm's few proxies.
             shared = accounts - min(f.new_devices[w] or accounts, f.new_ips[w] or accounts)
             if p > cfg.max_fresh_pvalue and not (
@@ -71,9 +75,10 @@ class BotFarm:
                 threshold=float(cfg.min_fresh_accounts),
                 summary=f"code {f.entity.key}: {fresh} accounts registered less than {age} "
                 f"before their order redeemed it in {win} ({fresh} of {accounts} new "
-                f"accounts{also}; {odds(p)} by chance if {share:.1%} of new accounts were that "
-                f"fresh); likely a bot farm starting: review the accounts and their devices "
-                f"and IPs.",
+                f"accounts{also}; {accounts} of its {f.accounts[w]} redeemers new, {before}; "
+                f"{odds(p)} by chance if {share:.1%} of new accounts were that fresh and "
+                f"newcomers came as before); likely a bot farm starting: review the accounts "
+                f"and their devices and IPs.",
             )
         return None
 
@@ -90,6 +95,53 @@ class BotFarm:
             threshold=threshold,
             summary=summary,
         )
+
+
+def newcomer_surprise(f: Features, w: str, long_label: str) -> tuple[float, str]:
+    """How unlikely the code's new accounts among its redeemers in window ``w`` are, given its
+    share of newcomers before (in the ``long`` window, outside ``w``), and that share in words.
+
+    The share is uncertain when the hour had few redeemers: a beta-binomial tail with a uniform
+    prior, so a code with no history says nothing (a launch) and one with little says little.
+    """
+    if w == "long":
+        return 1.0, "no window before to compare"
+    if "long" not in f.new_accounts:
+        return 1.0, f"too many in the {long_label} before to compare"
+    new_now = f.new_accounts[w]
+    new_before = max(f.new_accounts["long"] - new_now, 0)
+    all_before = max(f.accounts["long"] - f.accounts[w], new_before)
+    # Never fewer redeemers than newcomers, whichever set dropped a member.
+    p = beta_binomial_tail(
+        new_now, max(f.accounts[w], new_now), new_before + 1.0, all_before - new_before + 1.0
+    )
+    return p, f"{new_before} of {all_before} in the {long_label} before"
+
+
+def fisher(p1: float, p2: float) -> float:
+    """Fisher's combination of two independent p-values: P(chi2 with 4 df >= -2 ln(p1 p2))."""
+    q = p1 * p2
+    return q * (1 - math.log(q)) if q > 0 else 0.0
+
+
+def beta_binomial_tail(k: int, n: int, a: float, b: float) -> float:
+    """P(X >= k) for X ~ BetaBinomial(n, a, b): a binomial whose rate is known as Beta(a, b)."""
+    if k <= 0:
+        return 1.0
+    lb = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    ln = math.lgamma(n + 1)
+    total = 0.0
+    for i in range(k, n + 1):
+        total += math.exp(
+            ln
+            - math.lgamma(i + 1)
+            - math.lgamma(n - i + 1)
+            + math.lgamma(i + a)
+            + math.lgamma(n - i + b)
+            - math.lgamma(n + a + b)
+            - lb
+        )
+    return min(total, 1.0)
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
