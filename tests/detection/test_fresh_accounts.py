@@ -73,13 +73,17 @@ def alerts_for(
     return [Alert.from_json(line) for line in out.read_bytes().splitlines()]
 
 
-def test_three_accounts_registered_minutes_before_their_orders_page_a_public_code(
-    tmp_path: Path,
-) -> None:
-    fresh = [
+def _three_bots() -> list[dict[str, Any]]:
+    return [
         order(T0 + timedelta(minutes=m), f"bot-{m}", timedelta(minutes=6), "SALE26", "SALE")
         for m in (0, 2, 4)
     ]
+
+
+def test_three_accounts_registered_minutes_before_their_orders_page_a_public_code(
+    tmp_path: Path,
+) -> None:
+    fresh = _three_bots()
     alerts = alerts_for(tmp_path, fresh, {"SALE": "public"})
     pages = [a for a in alerts if a.rule == "bot_farm" and a.status == "firing"]
     assert [(a.key, a.severity, a.value, a.threshold) for a in pages] == [
@@ -94,10 +98,7 @@ def test_three_fresh_accounts_are_no_farm_on_a_code_whose_redeemers_are_often_ne
 ) -> None:
     # the same three as above, on a code where three in four redeemers of the hour before were
     # newcomers too: more newcomers are no surprise there, and fresh ones among them are chance
-    fresh = [
-        order(T0 + timedelta(minutes=m), f"bot-{m}", timedelta(minutes=6), "SALE26", "SALE")
-        for m in (0, 2, 4)
-    ]
+    fresh = _three_bots()
     alerts = alerts_for(tmp_path, fresh, {"SALE": "public"}, newcomers_before=True)
     assert [a for a in alerts if a.rule == "bot_farm"] == []
 
