@@ -124,6 +124,14 @@ class _CampaignModels:
         self.ratio = ratio
 
 
+def _restore(rate: bytes | None, ratio: bytes | None) -> _CampaignModels:
+    """A campaign's models from their snapshots; a missing one starts blank."""
+    return _CampaignModels(
+        RateModel.restore(rate) if rate else RateModel(),
+        DiscountBaseline.restore(ratio) if ratio else DiscountBaseline(),
+    )
+
+
 class Pipeline:
     def __init__(
         self,
@@ -754,8 +762,7 @@ class Pipeline:
             self._leader = self.store.try_lease(MODELS_LEASE, self.owner, ttl)
             self._no_snapshot.clear()
             if self._leader and not was:
-                self._models.clear()  # snapshots and their clock belong together
-                self._model_cursor = self._load_clock(target)
+                self._model_cursor = self._load_models(target)
             elif not self._leader:
                 self._models.clear()  # read the owner's fresh snapshots next time
                 self._model_cursor = None
@@ -786,9 +793,20 @@ class Pipeline:
                 return max(first, s * k.seg_buckets)
         return horizon
 
-    def _load_clock(self, target: int) -> int:
-        snap = self.store.snapshots([CLOCK_SNAPSHOT]).get(CLOCK_SNAPSHOT)
-        return int(snap) if snap is not None else target
+    def _load_models(self, target: int) -> int:
+        """Every campaign's stored models and their clock (they belong together); the clock.
+
+        All of them, not only the campaigns busy now: a writer that never stopped keeps learning
+        a campaign through its quiet hours, so one that restarted or took over must too.
+        """
+        snaps = self.store.snapshots()
+        clock = snaps.get(CLOCK_SNAPSHOT)
+        self._models = {
+            name[5:]: _restore(blob, snaps.get(f"ratio:{name[5:]}"))
+            for name, blob in snaps.items()
+            if name.startswith("rate:")
+        }
+        return int(clock) if clock is not None else target
 
     def _local_t(self, ts: float) -> float:
         off = datetime.fromtimestamp(ts, UTC).astimezone(self._zone).utcoffset()
@@ -812,11 +830,7 @@ class Pipeline:
         names = [f"rate:{c}" for c in missing] + [f"ratio:{c}" for c in missing]
         snaps = self.store.snapshots(names)
         for c in missing:
-            rate_b, ratio_b = snaps.get(f"rate:{c}"), snaps.get(f"ratio:{c}")
-            self._models[c] = _CampaignModels(
-                RateModel.restore(rate_b) if rate_b else RateModel(),
-                DiscountBaseline.restore(ratio_b) if ratio_b else DiscountBaseline(),
-            )
+            self._models[c] = _restore(snaps.get(f"rate:{c}"), snaps.get(f"ratio:{c}"))
 
     def _ratio_baseline(self, campaign: str) -> DiscountBaseline | None:
         if campaign not in self._models:
@@ -830,10 +844,7 @@ class Pipeline:
                 return None
             # Both models as stored, never a blank rate model: the models' writer (this instance
             # after a restart, or when it takes the lease over) learns on from this cache entry.
-            self._models[campaign] = _CampaignModels(
-                RateModel.restore(rate_b) if rate_b else RateModel(),
-                DiscountBaseline.restore(snap),
-            )
+            self._models[campaign] = _restore(rate_b, snap)
         return self._models[campaign].ratio
 
     def _close_bucket(self, b: int) -> None:

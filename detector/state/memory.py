@@ -206,7 +206,9 @@ class MemoryStore:
         for i in ids:
             self._outbox.pop(i, None)
 
-    def snapshots(self, names: Sequence[str]) -> dict[str, bytes]:
+    def snapshots(self, names: Sequence[str] | None = None) -> dict[str, bytes]:
+        if names is None:
+            return dict(self._models)
         return {n: self._models[n] for n in names if n in self._models}
 
     def try_lease(self, name: str, owner: str, ttl_s: float) -> bool:

@@ -634,7 +634,11 @@ class RedisStore:
             with self._op("ack_outbox"):
                 self._r.hdel(self._keys.outbox, *ids)
 
-    def snapshots(self, names: Sequence[str]) -> dict[str, bytes]:
+    def snapshots(self, names: Sequence[str] | None = None) -> dict[str, bytes]:
+        if names is None:
+            with self._op("snapshots"):
+                every = self._r.hgetall(self._keys.models)
+            return {_str(n): _bytes(v) for n, v in every.items()}
         if not names:
             return {}
         with self._op("snapshots"):

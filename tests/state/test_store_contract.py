@@ -166,6 +166,8 @@ def test_snapshots_are_written_only_by_the_lease_holder(store: Store) -> None:
     store.commit(Commit(snapshots={"m1": b"from-A"}, lease_owner="A"))
     store.commit(Commit(snapshots={"m1": b"from-B"}, lease_owner="B"))
     assert store.snapshots(["m1", "missing"]) == {"m1": b"from-A"}
+    store.commit(Commit(snapshots={"m2": b"also-A"}, lease_owner="A"))
+    assert store.snapshots() == {"m1": b"from-A", "m2": b"also-A"}  # a new writer loads all
     store.release_lease("models", "A")
     assert store.try_lease("models", "B", 30)
 
