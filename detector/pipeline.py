@@ -801,11 +801,11 @@ class Pipeline:
         """
         snaps = self.store.snapshots()
         clock = snaps.get(CLOCK_SNAPSHOT)
-        self._models = {
-            name[5:]: _restore(blob, snaps.get(f"ratio:{name[5:]}"))
-            for name, blob in snaps.items()
-            if name.startswith("rate:")
-        }
+        self._models = {}
+        for name, blob in snaps.items():
+            if name.startswith("rate:"):
+                c = name.removeprefix("rate:")
+                self._models[c] = _restore(blob, snaps.get(f"ratio:{c}"))
         return int(clock) if clock is not None else target
 
     def _local_t(self, ts: float) -> float:
