@@ -762,7 +762,7 @@ class Pipeline:
             self._leader = self.store.try_lease(MODELS_LEASE, self.owner, ttl)
             self._no_snapshot.clear()
             if self._leader and not was:
-                self._model_cursor = self._load_models(target)
+                self._model_cursor = self._load_models(horizon - 1)
             elif not self._leader:
                 self._models.clear()  # read the owner's fresh snapshots next time
                 self._model_cursor = None
@@ -793,11 +793,14 @@ class Pipeline:
                 return max(first, s * k.seg_buckets)
         return horizon
 
-    def _load_models(self, target: int) -> int:
+    def _load_models(self, before: int) -> int:
         """Every campaign's stored models and their clock (they belong together); the clock.
 
         All of them, not only the campaigns busy now: a writer that never stopped keeps learning
-        a campaign through its quiet hours, so one that restarted or took over must too.
+        a campaign through its quiet hours, so one that restarted or took over must too. With no
+        clock stored the models start after ``before``, a long window back from the watermark:
+        where the first writer started must not depend on how far its first batch reached, nor
+        on a crash before its first snapshot.
         """
         snaps = self.store.snapshots()
         clock = snaps.get(CLOCK_SNAPSHOT)
@@ -806,7 +809,7 @@ class Pipeline:
             if name.startswith("rate:"):
                 c = name.removeprefix("rate:")
                 self._models[c] = _restore(blob, snaps.get(f"ratio:{c}"))
-        return int(clock) if clock is not None else target
+        return int(clock) if clock is not None else before
 
     def _local_t(self, ts: float) -> float:
         off = datetime.fromtimestamp(ts, UTC).astimezone(self._zone).utcoffset()
