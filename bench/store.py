@@ -26,11 +26,11 @@ from typing import Any
 import redis
 
 from bench.memory import GROWTH_START, PrivateRedis, slot_event
-from detector.app import keys_for
 from detector.config import Config, load_config
 from detector.events.parse import Event, parse
 from detector.features.extract import Extractor
 from detector.state.base import Delta
+from detector.state.keys import Keys
 from detector.state.redis import RedisStore
 
 BATCH = 2000
@@ -93,7 +93,7 @@ def _measure(
 
 def run(batches: int, workdir: Path) -> dict[str, Any]:
     cfg = load_config(None, {})
-    keys = keys_for(cfg)
+    keys = Keys.for_config(cfg)
     extractor = Extractor.for_config(cfg, keys)
     pr = PrivateRedis(workdir)
     try:

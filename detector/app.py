@@ -38,13 +38,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
-def keys_for(cfg: Config) -> Keys:
-    w = cfg.windows
-    return Keys(cfg.redis.key_prefix, w.bucket_s, w.long_s // w.bucket_s)
-
-
 def make_store(cfg: Config, backend: str, metrics: Metrics | None = None) -> Store:
-    keys = keys_for(cfg)
+    keys = Keys.for_config(cfg)
     if backend == "memory":
         return MemoryStore(keys, cfg.retention_s)
     observe = metrics.store_observer if metrics is not None else None

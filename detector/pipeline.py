@@ -159,7 +159,7 @@ class Pipeline:
         self.wall = wall
         self.stats = Stats()
         w = cfg.windows
-        self.keys = Keys(cfg.redis.key_prefix, w.bucket_s, w.long_s // w.bucket_s)
+        self.keys = Keys.for_config(cfg)
         self.extractor = Extractor.for_config(cfg, self.keys)
         self.reader = FeatureReader(
             self.keys,

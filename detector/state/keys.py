@@ -58,6 +58,10 @@ for campaign-level counters and the discount rule.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from detector.config import Config
 
 
 def standalone_campaign(code: str) -> str:
@@ -69,6 +73,12 @@ class Keys:
     prefix: str
     bucket_s: int
     seg_buckets: int
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> Keys:
+        """The keys of ``cfg``: its prefix, buckets and one long window per segment."""
+        w = cfg.windows
+        return cls(cfg.redis.key_prefix, w.bucket_s, w.long_s // w.bucket_s)
 
     def bucket(self, ts: float) -> int:
         return int(ts // self.bucket_s)

@@ -38,10 +38,11 @@ from kafka_io import end_offsets, produce
 from state_dump import dump_state
 
 from detector.alerts.record import Alert
-from detector.app import keys_for, replay
+from detector.app import replay
 from detector.config import load_config
 from detector.features.extract import SEP, redeemer
 from detector.simulate.scenario import ScenarioParams, generate, write_jsonl
+from detector.state.keys import Keys
 from detector.state.redis import RedisStore
 
 pytestmark = pytest.mark.stack
@@ -467,7 +468,7 @@ def test_repeated_event_id_counts_once(
     assert set(state["u:DUP3"]) == {redeemer("acc-3", "dev-3", "10.0.3.3")}
     # The claim outlives the run: the id sent once more, from anywhere else, is still a duplicate.
     cfg = load_config(path)
-    store = RedisStore(redis_client, keys_for(cfg), cfg.retention_s)
+    store = RedisStore(redis_client, Keys.for_config(cfg), cfg.retention_s)
     assert store.claim([(again["event_id"], "elsewhere:0:0")], cfg.dedupe_horizon_s) == [False]
     assert d.stop() == 0
 

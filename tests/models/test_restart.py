@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from detector.app import keys_for
 from detector.config import Config, load_config
 from detector.metrics import Metrics
 from detector.models.rate import RateModel
 from detector.pipeline import Pipeline
 from detector.sinks.jsonl import NullDeadLetterSink
 from detector.sources.file import FileSource
+from detector.state.keys import Keys
 from detector.state.memory import MemoryStore
 
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
@@ -78,11 +78,11 @@ def test_a_restart_while_a_campaign_is_quiet_learns_every_bucket_an_unbroken_run
     cfg = load_config(None, {"alerts": {"kafka": False}})
     names = ["rate:QUIET", "ratio:QUIET", "rate:BUSY"]
 
-    unbroken = MemoryStore(keys_for(cfg), cfg.retention_s)
+    unbroken = MemoryStore(Keys.for_config(cfg), cfg.retention_s)
     _run(cfg, unbroken, path)
     want = unbroken.snapshots(names)
 
-    restarted = MemoryStore(keys_for(cfg), cfg.retention_s)
+    restarted = MemoryStore(Keys.for_config(cfg), cfg.retention_s)
     lines = path.read_bytes().count(b"\n")
     _run(cfg, restarted, path, stop_at=lines * 2 // 3)  # hour 4: QUIET silent since hour 1
     stored = restarted.progress("replay", [0]).offsets[0]
@@ -104,11 +104,11 @@ def test_a_crash_before_the_first_snapshot_learns_the_first_buckets_all_the_same
     cfg = load_config(None, {"alerts": {"kafka": False}})
     names = ["rate:QUIET", "ratio:QUIET", "rate:BUSY", "ratio:BUSY"]
 
-    unbroken = MemoryStore(keys_for(cfg), cfg.retention_s)
+    unbroken = MemoryStore(Keys.for_config(cfg), cfg.retention_s)
     _run(cfg, unbroken, path, batch_size=12)
     want = unbroken.snapshots(names)
 
-    restarted = MemoryStore(keys_for(cfg), cfg.retention_s)
+    restarted = MemoryStore(Keys.for_config(cfg), cfg.retention_s)
     _run(cfg, restarted, path, stop_at=24, batch_size=4)  # 5 minutes in: no snapshot yet
     stored = restarted.progress("replay", [0]).offsets[0]
     _run(cfg, restarted, path, skip=stored, batch_size=2000)  # its first batch spans hours
