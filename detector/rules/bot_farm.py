@@ -75,7 +75,7 @@ class BotFarm:
                 threshold=float(cfg.min_fresh_accounts),
                 summary=f"code {f.entity.key}: {fresh} accounts registered less than {age} "
                 f"before their order redeemed it in {win} ({fresh} of {accounts} new "
-                f"accounts{also}; {accounts} of its {f.accounts[w]} redeemers new, {before}; "
+                f"accounts{also}; {before}; "
                 f"{odds(p)} by chance if {share:.1%} of new accounts were that fresh and "
                 f"newcomers came as before); likely a bot farm starting: review the accounts "
                 f"and their devices and IPs.",
@@ -99,23 +99,23 @@ class BotFarm:
 
 def newcomer_surprise(f: Features, w: str, long_label: str) -> tuple[float, str]:
     """How unlikely the code's new accounts among its redeemers in window ``w`` are, given its
-    share of newcomers before (in the ``long`` window, outside ``w``), and that share in words.
+    share of newcomers before (in the ``long`` window, outside ``w``), and both shares in words.
 
     The share is uncertain when the hour had few redeemers: a beta-binomial tail with a uniform
     prior, so a code with no history says nothing (a launch) and one with little says little.
     """
-    if w == "long":
-        return 1.0, "no window before to compare"
-    if "long" not in f.new_accounts:
-        return 1.0, f"too many in the {long_label} before to compare"
     new_now = f.new_accounts[w]
+    # Never fewer redeemers than newcomers, whichever set dropped a member.
+    redeemers = max(f.accounts[w], new_now)
+    now = f"{new_now} of its {redeemers} redeemers new"
+    if w == "long":
+        return 1.0, f"{now}, no window before to compare"
+    if "long" not in f.new_accounts:
+        return 1.0, f"{now}, too many in the {long_label} before to compare"
     new_before = max(f.new_accounts["long"] - new_now, 0)
     all_before = max(f.accounts["long"] - f.accounts[w], new_before)
-    # Never fewer redeemers than newcomers, whichever set dropped a member.
-    p = beta_binomial_tail(
-        new_now, max(f.accounts[w], new_now), new_before + 1.0, all_before - new_before + 1.0
-    )
-    return p, f"{new_before} of {all_before} in the {long_label} before"
+    p = beta_binomial_tail(new_now, redeemers, new_before + 1.0, all_before - new_before + 1.0)
+    return p, f"{now}, {new_before} of {all_before} in the {long_label} before"
 
 
 def fisher(p1: float, p2: float) -> float:
