@@ -111,9 +111,10 @@ def run(batches: int, workdir: Path) -> dict[str, Any]:
 
         rng = random.Random(1)
         pool = batches * BATCH
-        phases = {
-            "new": [list(range(b * BATCH, (b + 1) * BATCH)) for b in range(batches)],
-            "again": [list(range(b * BATCH, (b + 1) * BATCH)) for b in range(batches)],
+        uniform: list[Sequence[int]] = [range(b * BATCH, (b + 1) * BATCH) for b in range(batches)]
+        phases: dict[str, list[Sequence[int]]] = {
+            "new": uniform,
+            "again": uniform,  # the same codes once more
             "hot": [[rng.randrange(HOT) for _ in range(BATCH)] for _ in range(batches)],
         }
         out: dict[str, Any] = {"batch_events": BATCH, "batches": batches, "pool": pool}
@@ -124,9 +125,7 @@ def run(batches: int, workdir: Path) -> dict[str, Any]:
                 evs.append(_events(cfg, s, n0))
                 n0 += len(s)
             out[name] = _measure(pr.client, evs, apply)
-        claims = [
-            _events(cfg, range(b * BATCH, (b + 1) * BATCH), n0 + b * BATCH) for b in range(batches)
-        ]
+        claims = [_events(cfg, s, n0 + b * BATCH) for b, s in enumerate(uniform)]
         out["claims"] = _measure(pr.client, claims, claim)
         return out
     finally:
