@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from detector.config import Config, DiscountAnomalyRule
 from detector.features.view import Features
+from detector.models.discount import DiscountBaseline
 from detector.rules.base import Finding, RuleContext
 
 
@@ -31,25 +32,28 @@ class DiscountAnomaly:
         model = ctx.ratio_baseline(camp)
         fixed = model.fixed_amount(cfg.fixed_amount_cv) if model is not None else None
         what = "{:.0%} of the order value"
-        if fixed is not None:
+        if model is not None and fixed is not None:
             # The same amount off every order: only the amount can tell a changed setting from
             # a small order (whose ratio is high by nature).
-            norm = f"its norm is a fixed {fixed:,.2f} per order"
             amounts = [a for _, a in recent]
-            least = fixed * cfg.min_factor
-            exact = model is not None and model.fixed_amount(cfg.exact_cv) is not None
-            hit = _first_hit(amounts, 1 if exact else cfg.min_redemptions, lambda j: least)
-            what = "{:,.2f}"
+            least = 1 if model.fixed_amount(cfg.exact_cv) is not None else cfg.min_redemptions
+            hit = _first_hit(amounts, least, lambda j: fixed * cfg.min_factor)
+            what, norm = "{:,.2f}", f"its norm is a fixed {fixed:,.2f} per order"
+            if hit is None:
+                # A raised amount is capped by the order's value: a free order shows it in its
+                # ratio, once its amount is above the setting (a small order's is not).
+                above = next(
+                    (j for j, a in enumerate(amounts) if a <= fixed * (1 + cfg.fixed_amount_cv)),
+                    len(amounts),
+                )
+                hit = _ratio_hit(ratios[:above], least, model, cfg)
+                if hit is not None:
+                    what = "{:.0%} of the order value"
+                    norm += f" ({model.expected():.0%} of the order value, sd {model.std():.0%})"
         elif model is not None and model.warmed_up:
-            mean, std = model.expected(), model.std()
-            norm = f"its norm is {mean:.0%} (sd {std:.0%})"
-            base = max(mean * cfg.min_factor, cfg.min_ratio)
-            exact = model.exact_ratio(cfg.exact_cv)
-            hit = _first_hit(
-                ratios,
-                1 if exact else cfg.min_redemptions,
-                lambda j: min(max(base, mean + cfg.min_sigmas * std / math.sqrt(j)), 1.0),
-            )
+            norm = f"its norm is {model.expected():.0%} (sd {model.std():.0%})"
+            least = 1 if model.exact_ratio(cfg.exact_cv) else cfg.min_redemptions
+            hit = _ratio_hit(ratios, least, model, cfg)
         else:
             norm = "no norm learned yet"
             j = cfg.min_redemptions + 1
@@ -77,6 +81,18 @@ class DiscountAnomaly:
             summary=f"campaign {camp}: {got}; {norm}; {given:,.0f} given in 10 min. Check the "
             "campaign's discount setting.",
         )
+
+
+def _ratio_hit(
+    ratios: list[float], least: int, model: DiscountBaseline, cfg: DiscountAnomalyRule
+) -> tuple[int, float, float] | None:
+    """``_first_hit`` on ratios against the learned norm: ``min_factor`` times it, ``min_sigmas``
+    standard errors above it and at least ``min_ratio`` (at most 1, a free order)."""
+    mean, std = model.expected(), model.std()
+    base = max(mean * cfg.min_factor, cfg.min_ratio)
+    return _first_hit(
+        ratios, least, lambda j: min(max(base, mean + cfg.min_sigmas * std / math.sqrt(j)), 1.0)
+    )
 
 
 def _first_hit(

@@ -44,11 +44,12 @@ def order(at: timedelta, total: float, discount: float) -> str:
     return orjson.dumps(ev).decode()
 
 
-def usual(rng: random.Random, off: Any) -> list[str]:
-    """Orders every 2 minutes for ``WARM``, lognormal totals (median 3,600), ``off(total)``."""
+def usual(rng: random.Random, off: Any, least: float = 0.0) -> list[str]:
+    """Orders every 2 minutes for ``WARM``, lognormal totals (median 3,600) of at least
+    ``least``, ``off(total)``."""
     lines = []
     for m in range(0, int(WARM.total_seconds() // 60), 2):
-        total = round(3600 * rng.lognormvariate(0, 0.7), 2)
+        total = max(round(3600 * rng.lognormvariate(0, 0.7), 2), least)
         lines.append(order(timedelta(minutes=m, seconds=rng.uniform(0, 100)), total, off(total)))
     return lines
 
@@ -93,6 +94,38 @@ def test_a_fixed_amount_set_several_times_higher_pages_by_the_second_broken_orde
     assert alert.severity == "page"
     assert ts(broken[0]) <= alert.detected_at <= ts(broken[1])
     assert "fixed 200.00 per order" in alert.summary
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_fixed_amount_raised_past_the_orders_value_pages_at_the_first_free_order(
+    discount_alerts: Any, seed: int
+) -> None:
+    # 1,000 off orders of at least 2,000, then set ten times higher: an order of 2,000-2,400
+    # gets all of its value off, 2-2.4 times the usual amount (short of min_factor), but no
+    # order ever got more than 1,000 off before, and a free order is far above the usual ratio.
+    rng = random.Random(seed)
+    lines = usual(rng, fixed(1000.0), least=2000.0)
+    broken = [WARM + timedelta(minutes=m) for m in (1, 3, 4)]
+    for at in broken:
+        total = round(rng.uniform(2000, 2400), 2)
+        lines.append(order(at, total, total))
+    (alert,) = discount_alerts(lines)
+    assert alert.detected_at == ts(broken[0])
+    assert "a discount of 100% of the order value; its norm is a fixed 1,000.00 per order (" in (
+        alert.summary
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_orders_smaller_than_a_fixed_amount_get_it_free_without_paging(
+    discount_alerts: Any, seed: int
+) -> None:
+    rng = random.Random(seed)
+    lines = usual(rng, fixed(200.0))
+    for i in range(3):
+        total = round(rng.uniform(120, 190), 2)
+        lines.append(order(WARM + timedelta(minutes=i), total, total))
+    assert discount_alerts(lines) == []
 
 
 @pytest.mark.parametrize("seed", range(5))
