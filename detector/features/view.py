@@ -65,22 +65,27 @@ class Features:
 
         Accounts linked by a device or an IP any of them used the code from (within
         ``windows.household_s``, older than the window too) are one household: connected
-        components, by union-find. With unknown devices or IPs a household is only told apart by
-        a device and an IP of its own: households are at most the window's devices and IPs.
+        components, by union-find. An unknown device or IP may be anyone's, so all unknown ones
+        count as one: households are at most the window's distinct devices, and its distinct
+        IPs, with "unknown" one of each. A use with neither tells nobody apart: it is left out.
         """
         if self.accounts[w] < 2:
-            return min(self.accounts[w], self.devices[w], self.ips[w])
+            return self.accounts[w]
         since = self.starts[w]
         parent: dict[str, str] = {}  # account -> another of its household (itself at the root)
         anchor: tuple[dict[str, str], dict[str, str]] = ({}, {})  # device, IP -> first account
         window: list[str] = []
+        devices: set[str] = set()
+        ips: set[str] = set()
         for m, ts in self.triples:
             parts = m.split(SEP)
             if ts > self.t or len(parts) != 3:
                 continue
             acc, dev, ip = parts
-            if ts > since:
+            if ts > since and (dev or ip):
                 window.append(acc)
+                devices.add(dev)
+                ips.add(ip)
             parent.setdefault(acc, acc)
             for seen, key in zip(anchor, (dev, ip), strict=True):
                 if key:
@@ -89,7 +94,7 @@ class Features:
                     if ra != rb:
                         parent[rb] = ra
         roots = {_root(parent, acc) for acc in window}
-        return min(len(roots), self.devices[w], self.ips[w])
+        return min(len(roots), len(devices), len(ips))
 
 
 @dataclass(slots=True)

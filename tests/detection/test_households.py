@@ -119,3 +119,19 @@ def test_a_link_older_than_the_household_memory_is_forgotten(code_alerts: Any) -
     ]
     (alert,) = code_alerts(uses)
     assert alert.detected_at == ts(timedelta(hours=30))
+
+
+def test_a_stranger_pages_at_once_when_the_owners_device_is_unknown(code_alerts: Any) -> None:
+    # The owner's device is unknown, the stranger's known and their networks differ: two
+    # devices at least, two networks, two households.
+    at = timedelta(hours=2)
+    uses = [(timedelta(0), "owner", None, HOME), (at, "stranger", "dev-stranger", ELSEWHERE)]
+    (alert,) = code_alerts(uses)
+    assert alert.detected_at == ts(at)
+    assert "2 households" in alert.summary
+
+
+def test_two_unknown_devices_on_two_networks_are_not_two_households(code_alerts: Any) -> None:
+    # Both devices unknown: possibly the one family laptop, taken from home to work.
+    uses = [(timedelta(0), "owner", None, HOME), (timedelta(hours=2), "partner", None, WORK)]
+    assert code_alerts(uses) == []
