@@ -564,6 +564,7 @@ def growth(
             "short_s": 20,
             "long_s": 30,
             "memory_s": 60,
+            "campaign_memory_s": 60,
             "household_s": 60,
         }
         events = {"allowed_lateness_s": 10}
@@ -583,7 +584,7 @@ def growth(
             "events": events,
             "later_events_after_s": later,
             "ttl_note": "Redis expires by wall clock: the longest TTL is windows.memory_s = "
-            "windows.household_s = 60 s "
+            "windows.campaign_memory_s = windows.household_s = 60 s "
             "(retention = long_s + lateness + 2 buckets = 60 s; dedupe horizon 40 s)",
         }
         path.unlink(missing_ok=True)

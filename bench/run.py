@@ -900,6 +900,7 @@ SOAK_WINDOWS = {
     "short_s": 300,
     "long_s": 600,
     "memory_s": 600,
+    "campaign_memory_s": 600,
     "household_s": 600,
 }
 SOAK_EVENTS = {"allowed_lateness_s": 60}

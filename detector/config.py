@@ -122,10 +122,13 @@ class WindowsConfig(_Frozen):
     recent_s: int = Field(default=120, ge=1)
     short_s: int = Field(default=600, ge=1)
     long_s: int = Field(default=3600, ge=1)
-    # How far back codes' redeemers and campaigns' codes are remembered: whether a campaign is
-    # personal is learned over it, and a personal code's owner who used it hours ago still
-    # counts when a stranger uses it now. Only capped sets live this long.
+    # How far back codes' redeemers are remembered: a personal code's owner who used it hours
+    # ago still counts when a stranger uses it now. Only capped sets live this long.
     memory_s: int = Field(default=6 * 3600, ge=60)
+    # How far back campaigns' codes are remembered to learn whether a campaign is personal: a
+    # small personal campaign may see a code an hour, and a night must not make it unknown.
+    # One capped set per campaign lives this long.
+    campaign_memory_s: int = Field(default=48 * 3600, ge=60)
     # How long a code's (account, device, IP) triples link accounts into households: a family
     # member on the owner's home IP is the owner's household even when the owner's use from
     # home was longer ago than memory_s. Counts still cover memory_s only.
@@ -170,8 +173,9 @@ class CodeSharedRule(_Rule):
     window: WindowName = "memory"
     min_accounts: int = Field(default=3, ge=2)
     second_household: bool = True
-    # An undeclared campaign is learned as personal once it has this many codes in the long
-    # window and at most this share of them has more than one account.
+    # An undeclared campaign is learned as personal once it has this many codes (besides the
+    # one judged) within windows.campaign_memory_s and at most this share of them has more
+    # than one account.
     learn_min_codes: int = Field(default=5, ge=2)
     learn_max_shared_fraction: float = Field(default=0.2, ge=0, le=1)
 
@@ -369,6 +373,10 @@ class Config(BaseSettings):
     @property
     def memory_retention_s(self) -> float:
         return max(self.retention_s, float(self.windows.memory_s))
+
+    @property
+    def campaign_retention_s(self) -> float:
+        return max(self.retention_s, float(self.windows.campaign_memory_s))
 
     @property
     def household_retention_s(self) -> float:

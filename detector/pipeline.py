@@ -167,6 +167,7 @@ class Pipeline:
             w.short_s,
             w.long_s,
             cfg.memory_retention_s,
+            cfg.campaign_retention_s,
             cfg.household_retention_s,
             w.distinct_exact_cap,
         )
@@ -643,7 +644,7 @@ class Pipeline:
                 ent.key,
                 f.t,
                 CAMPAIGN_CODES_CAP,
-                self.cfg.memory_retention_s,
+                self.cfg.campaign_retention_s,
             )
 
     def _decide(

@@ -121,7 +121,7 @@ class Extractor:
             w.distinct_exact_cap,
             w.new_account_age_s,
             w.fresh_account_age_s,
-            cfg.memory_retention_s,
+            cfg.campaign_retention_s,
             cfg.household_retention_s,
         )
 

@@ -114,6 +114,7 @@ class FeatureReader:
         short_s: int,
         long_s: int,
         memory_s: float,
+        campaign_memory_s: float,
         household_s: float,
         distinct_cap: int,
     ) -> None:
@@ -121,7 +122,7 @@ class FeatureReader:
         self._new_cap = new_accounts_cap(distinct_cap)
         self._code_cap = redeemers_cap(distinct_cap)
         self._w = {"recent": recent_s, "short": short_s, "long": long_s, "memory": int(memory_s)}
-        self._camp_mem = memory_s
+        self._camp_mem = campaign_memory_s
         self._household = household_s
 
     def read(self, store: Store, targets: Sequence[tuple[Entity, float]]) -> list[Features]:

@@ -25,7 +25,7 @@ def personal_norm(f: Features, ctx: RuleContext) -> str | None:
     cfg: CodeSharedRule = ctx.cfg.rule_for("code_shared", camp)
     # The code under test is left out: its own sharing must not unlearn its campaign.
     others = f.campaign_codes - 1
-    shared = f.campaign_shared_codes - (1 if f.accounts["memory"] >= 2 else 0)
+    shared = max(f.campaign_shared_codes - (1 if f.accounts["memory"] >= 2 else 0), 0)
     if others < cfg.learn_min_codes or shared > cfg.learn_max_shared_fraction * others:
         return None
     return (

@@ -13,8 +13,8 @@ event-time bucket index: ``floor(ts / bucket_s)``.
 | ``c:{ttl}:{slice}:{shard}`` | hash | compact sets: ``u:{code}`` / ``v:{code}`` / ``a:{account}`` -> MessagePack ``[score, member..., score, member...]`` | slice end + ``{ttl}`` |
 | ``g:{campaign}:{seg}`` | hash | per bucket: ``n{b}`` redemptions; over those with a discount and a total: ``s{b}`` discount sum, ``q{b}`` count, ``r{b}`` sum and ``x{b}`` sum of squares of discount/total, ``y{b}`` sum of squared discounts | retention |
 | ``dr:{campaign}`` | zset | the last few redemptions' ``{discount/total}\x1f{discount}\x1f{event_id}`` -> event time | retention |
-| ``gc:{campaign}`` | zset | codes redeemed -> last event time (capped) | memory |
-| ``gm:{campaign}`` | zset | codes with 2+ distinct accounts -> last event time (capped) | memory |
+| ``gc:{campaign}`` | zset | codes redeemed -> last event time (capped) | campaign |
+| ``gm:{campaign}`` | zset | codes with 2+ distinct accounts -> last event time (capped) | campaign |
 | ``o:{seg}`` | hash | ``n{b}`` all orders, with or without a code | retention |
 | ``cv:{seg}`` | zset | campaign -> redemptions in the segment (top campaigns for models) | retention |
 | ``e:{slice}:{shard}`` | hash | event-id digest -> digest of the position that claimed it (dedupe) | slice end + dedupe horizon |
@@ -49,7 +49,8 @@ store has no such layout: its dicts cost the same either way.
 TTLs: *retention* is the longest window plus the allowed lateness; *memory* is
 ``windows.memory_s`` (at least retention); *household* is ``windows.household_s`` (at least
 memory): a code's redeemer triples link accounts into households for that long, while its distinct
-counts cover ``memory_s`` only.
+counts cover ``memory_s`` only; *campaign* is ``windows.campaign_memory_s`` (at least retention):
+whether a campaign is personal is learned from its codes over it.
 
 Campaign ``~{code}`` stands for a code without ``campaign_id``: each such code is its own campaign
 for campaign-level counters and the discount rule.
